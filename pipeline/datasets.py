@@ -1,0 +1,214 @@
+"""Image-classification data sources and the split: pure functions over numpy arrays.
+
+Every loader returns `RawData`: images N×H×W×1 in their stored dtype, integer labels, and the
+value that maps the stored pixels onto [0, 1]. Corrupt or malformed files raise PipelineError
+naming the file; nothing here needs the network except the Keras sources, which say so.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline.cli import PipelineError
+
+SPLITS = ("train", "val", "test")
+
+# The IDX header's type byte: https://yann.lecun.com/exdb/mnist/ (big-endian data).
+_IDX_DTYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+@dataclass(frozen=True)
+class RawData:
+    x: np.ndarray  # N×H×W×1, stored dtype
+    y: np.ndarray  # N, int64
+    pixel_max: float  # stored value of a white pixel
+
+
+def as_images(x: np.ndarray, y: np.ndarray, origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes and dtypes; return images as N×H×W×1 and labels as int64."""
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.ndim != 4 or x.shape[-1] != 1:
+        raise PipelineError(f"{origin}: images must be N×H×W or N×H×W×1, got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise PipelineError(
+            f"{origin}: labels must be a vector with one entry per image "
+            f"(images {x.shape[0]}, labels shape {y.shape})"
+        )
+    whole = np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)
+    if not (np.issubdtype(y.dtype, np.integer) or whole):
+        raise PipelineError(f"{origin}: labels must be integers, got dtype {y.dtype}")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise PipelineError(f"{origin}: images must be numeric, got dtype {x.dtype}")
+    return x, y.astype(np.int64)
+
+
+def pixel_max_for(x: np.ndarray) -> float:
+    """uint8 images span 0..255; float images are taken as already scaled to [0, 1]."""
+    return 255.0 if x.dtype == np.uint8 else 1.0
+
+
+def load_digits() -> RawData:
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 0..16 grey levels), in the wheel."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    x, y = as_images(bunch.images.astype(np.float32), bunch.target, "sklearn digits")
+    return RawData(x=x, y=y, pixel_max=16.0)
+
+
+def load_keras_dataset(name: str) -> RawData:
+    """MNIST or Fashion-MNIST through Keras (downloads once into ~/.keras/datasets)."""
+    import tf_keras
+
+    loaders = {"mnist": tf_keras.datasets.mnist, "fashion_mnist": tf_keras.datasets.fashion_mnist}
+    try:
+        (x_train, y_train), (x_test, y_test) = loaders[name].load_data()
+    except Exception as error:  # urllib, HTTP and file errors all mean "could not fetch"
+        raise PipelineError(
+            f"data.source={name}: could not download it through Keras ({type(error).__name__}); "
+            "offline, put the IDX files in a folder and use source: idx with data.path"
+        ) from None
+    x, y = as_images(np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]), name)
+    return RawData(x=x, y=y, pixel_max=pixel_max_for(x))
+
+
+def load_npz(path: Path) -> RawData:
+    """An NPZ with arrays `x` (images) and `y` (labels); never unpickles objects."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"x", "y"} - set(archive.files)
+            if missing:
+                raise PipelineError(f"{path}: missing array(s) {sorted(missing)} (needs x and y)")
+            x, y = archive["x"], archive["y"]
+    except PipelineError:
+        raise
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise PipelineError(f"{path}: not a readable NPZ file ({describe(error)})") from None
+    x, y = as_images(x, y, str(path))
+    return RawData(x=x, y=y, pixel_max=pixel_max_for(x))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (gzipped or not) as an array, with every header field checked."""
+    try:
+        raw = Path(path).read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise PipelineError(f"{path}: not a readable gzip file ({describe(error)})") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise PipelineError(f"{path}: not an IDX file (bad magic number)")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise PipelineError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise PipelineError(
+            f"{path}: IDX header promises {expected} data bytes for shape {shape}, "
+            f"file holds {len(raw) - header} (truncated or corrupt)"
+        )
+    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))  # native byte order, writable
+
+
+def load_idx(folder: Path) -> RawData:
+    """MNIST-style IDX files in a folder: every `<prefix>-images-idx3-ubyte[.gz]` paired with
+    its `<prefix>-labels-idx1-ubyte[.gz]` (train and t10k for MNIST), concatenated."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: not a folder of IDX files")
+    image_files = sorted(folder.glob("*-images-idx3-ubyte*"))
+    if not image_files:
+        raise PipelineError(f"{folder}: no '*-images-idx3-ubyte[.gz]' files")
+    xs, ys = [], []
+    for image_file in image_files:
+        label_name = image_file.name.replace("-images-idx3-", "-labels-idx1-")
+        label_file = image_file.with_name(label_name)
+        if not label_file.exists():
+            raise PipelineError(f"{image_file}: no matching labels file {label_name}")
+        x, y = as_images(read_idx(image_file), read_idx(label_file), str(image_file))
+        xs.append(x)
+        ys.append(y)
+    shapes = {x.shape[1:] for x in xs}
+    if len(shapes) > 1:
+        raise PipelineError(f"{folder}: IDX files disagree on image shape {sorted(shapes)}")
+    x = np.concatenate(xs)
+    return RawData(x=x, y=np.concatenate(ys), pixel_max=pixel_max_for(x))
+
+
+def load_source(source: str, path: str | None) -> RawData:
+    if source == "digits":
+        return load_digits()
+    if source in ("mnist", "fashion_mnist"):
+        return load_keras_dataset(source)
+    if source == "npz":
+        return load_npz(Path(str(path)))
+    if source == "idx":
+        return load_idx(Path(str(path)))
+    raise PipelineError(f"data.source: unknown source {source!r}")
+
+
+def scale_pixels(x: np.ndarray, pixel_max: float) -> np.ndarray:
+    """Map stored pixel values onto [0, 1] as float32 (values outside stay outside: validate
+    reports them rather than clipping hiding them)."""
+    return (x.astype(np.float32) / np.float32(pixel_max)).astype(np.float32)
+
+
+def stratified_split(
+    x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train/validation/test split with each split's class proportions matching the whole."""
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise PipelineError(f"data: need at least two classes, found {classes.tolist()}")
+    if counts.min() < 3:
+        rare = classes[counts < 3].tolist()
+        raise PipelineError(f"data: class(es) {rare} have fewer than 3 images; cannot stratify")
+    try:
+        x_rest, x_test, y_rest, y_test = train_test_split(
+            x, y, test_size=test_fraction, stratify=y, random_state=seed
+        )
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_rest,
+            y_rest,
+            test_size=val_fraction / (1.0 - test_fraction),
+            stratify=y_rest,
+            random_state=seed,
+        )
+    except ValueError as error:
+        raise PipelineError(f"data: cannot split ({error})") from None
+    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def npz_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
+    """An NPZ in the format `load_npz` reads (used to write generated or test data)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    return buffer.getvalue()

@@ -1,0 +1,124 @@
+"""Model architectures, built from params. Each is a short function over tf_keras layers.
+
+Every classifier takes images H×W×1 in [0, 1] and returns class probabilities (softmax), so the
+later stages (compress, evaluate, serving) treat all families alike.
+"""
+
+from __future__ import annotations
+
+import tf_keras as keras
+
+from pipeline.params import (
+    CNNParams,
+    FNNParams,
+    LayerParams,
+    LSTMParams,
+    ModelName,
+    OptimizerParams,
+    TrainParams,
+)
+
+
+def _regularizer(p: LayerParams) -> keras.regularizers.Regularizer | None:
+    return keras.regularizers.L2(p.l2) if p.l2 else None
+
+
+def dense_block(x: keras.KerasTensor, units: int, p: LayerParams, name: str) -> keras.KerasTensor:
+    """Dense -> [batch norm] -> activation -> [dropout]."""
+    x = keras.layers.Dense(
+        units,
+        kernel_initializer=p.initializer,
+        kernel_regularizer=_regularizer(p),
+        use_bias=not p.batch_norm,  # batch norm's own shift makes a bias redundant
+        name=f"{name}_dense",
+    )(x)
+    if p.batch_norm:
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.Activation(p.activation, name=f"{name}_act")(x)
+    if p.dropout:
+        x = keras.layers.Dropout(p.dropout, name=f"{name}_dropout")(x)
+    return x
+
+
+def conv_block(x: keras.KerasTensor, filters: int, p: CNNParams, name: str) -> keras.KerasTensor:
+    """Conv -> [batch norm] -> activation -> 2×2 max-pool (while the map is at least 4×4)."""
+    x = keras.layers.Conv2D(
+        filters,
+        p.kernel_size,
+        padding="same",
+        kernel_initializer=p.initializer,
+        kernel_regularizer=_regularizer(p),
+        use_bias=not p.batch_norm,
+        name=f"{name}_conv",
+    )(x)
+    if p.batch_norm:
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.Activation(p.activation, name=f"{name}_act")(x)
+    if x.shape[1] >= 4 and x.shape[2] >= 4:
+        x = keras.layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    return x
+
+
+def _classifier_head(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
+    return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+
+
+def build_fnn(p: FNNParams, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate(p.hidden_units):
+        x = dense_block(x, units, p, f"hidden{i}")
+    return keras.Model(inputs, _classifier_head(x, num_classes), name="fnn")
+
+
+def build_cnn(p: CNNParams, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate(p.filters):
+        x = conv_block(x, filters, p, f"conv{i}")
+    # The last conv block's output is the feature map Grad-CAM explains.
+    x = keras.layers.Flatten(name="flatten")(x)
+    if p.dropout:
+        x = keras.layers.Dropout(p.dropout, name="features_dropout")(x)
+    for i, units in enumerate(p.dense_units):
+        x = dense_block(x, units, p, f"head{i}")
+    return keras.Model(inputs, _classifier_head(x, num_classes), name="cnn")
+
+
+def build_lstm(p: LSTMParams, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    height, width = input_shape[0], input_shape[1]
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Reshape((height, width), name="rows")(inputs)  # a sequence of image rows
+    for i, units in enumerate(p.units):
+        last = i == len(p.units) - 1
+        lstm = keras.layers.LSTM(
+            units,
+            return_sequences=not last,
+            unroll=p.unroll,
+            kernel_initializer=p.initializer,
+            kernel_regularizer=_regularizer(p),
+            name=f"lstm{i}",
+        )
+        x = keras.layers.Bidirectional(lstm, name=f"bilstm{i}")(x) if p.bidirectional else lstm(x)
+        if p.dropout:
+            x = keras.layers.Dropout(p.dropout, name=f"lstm{i}_dropout")(x)
+    for i, units in enumerate(p.dense_units):
+        x = dense_block(x, units, p, f"head{i}")
+    return keras.Model(inputs, _classifier_head(x, num_classes), name="lstm")
+
+
+BUILDERS = {"fnn": build_fnn, "cnn": build_cnn, "lstm": build_lstm}
+
+
+def build_classifier(
+    name: ModelName, train: TrainParams, input_shape: tuple[int, ...], num_classes: int
+) -> keras.Model:
+    return BUILDERS[name](train.model(name), input_shape, num_classes)  # type: ignore[operator]
+
+
+def build_optimizer(p: OptimizerParams) -> keras.optimizers.Optimizer:
+    if p.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=p.learning_rate, momentum=p.momentum)
+    if p.name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=p.learning_rate, momentum=p.momentum)
+    return keras.optimizers.Adam(learning_rate=p.learning_rate)

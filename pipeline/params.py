@@ -1,0 +1,193 @@
+"""The typed schema of params.yaml, validated on load.
+
+Every stage loads the whole file: an unknown key, a wrong type or an out-of-range value anywhere
+stops the stage before any work, with one line naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.cli import PipelineError
+
+MODEL_NAMES = ("fnn", "cnn", "lstm")
+ModelName = Literal["fnn", "cnn", "lstm"]
+Activation = Literal["relu", "tanh", "sigmoid", "gelu", "elu", "selu", "swish"]
+Initializer = Literal["he_normal", "he_uniform", "glorot_uniform", "glorot_normal", "lecun_normal"]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Units = Annotated[int, Field(ge=1, le=4096)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DataParams(Strict):
+    source: Literal["digits", "mnist", "fashion_mnist", "npz", "idx"] = "digits"
+    # npz: a file with `x` (N×H×W or N×H×W×1) and `y` arrays; idx: a folder of MNIST IDX files.
+    path: str | None = None
+    num_classes: int = Field(10, ge=2, le=1000)
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.2
+
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        if self.source in ("npz", "idx") and not self.path:
+            raise ValueError(f"source '{self.source}' needs data.path")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return self
+
+
+class ValidateParams(Strict):
+    min_rows_per_split: int = Field(50, ge=1)
+    max_rows_per_split: int = Field(1_000_000, ge=1)
+    # KL divergence (nats) of a split's class proportions from train's: stratified splits are ~0.
+    max_class_drift: float = Field(0.01, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidateParams:
+        if self.min_rows_per_split > self.max_rows_per_split:
+            raise ValueError("min_rows_per_split exceeds max_rows_per_split")
+        return self
+
+
+class OptimizerParams(Strict):
+    name: Literal["sgd", "adam", "rmsprop"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd with momentum, and rmsprop's momentum
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerParams:
+        if self.name == "adam" and self.momentum:
+            raise ValueError("momentum applies to sgd and rmsprop, not adam")
+        return self
+
+
+class LayerParams(Strict):
+    """Knobs every architecture shares, applied to each of its hidden layers."""
+
+    activation: Activation = "relu"
+    initializer: Initializer = "he_normal"
+    l2: float = Field(0.0, ge=0, le=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+    optimizer: OptimizerParams = OptimizerParams()
+
+
+class FNNParams(LayerParams):
+    hidden_units: list[Units] = Field(default_factory=lambda: [256, 128], min_length=1)
+
+
+class CNNParams(LayerParams):
+    filters: list[Units] = Field(default_factory=lambda: [32, 64], min_length=1)
+    kernel_size: int = Field(3, ge=1, le=7)
+    dense_units: list[Units] = Field(default_factory=lambda: [128])
+
+
+class LSTMParams(LayerParams):
+    """The LSTM reads an image as a sequence of its rows."""
+
+    units: list[Units] = Field(default_factory=lambda: [128], min_length=1)
+    bidirectional: bool = False
+    # Unrolled LSTMs convert to builtin TFLite ops; the sequence (image height) is short.
+    unroll: bool = True
+    dense_units: list[Units] = Field(default_factory=list)
+
+
+class TrainCommon(Strict):
+    epochs: int = Field(60, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    early_stopping_patience: int = Field(8, ge=0)
+    loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"] = (
+        "sparse_categorical_crossentropy"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainCommon:
+        if self.label_smoothing and self.loss != "categorical_crossentropy":
+            raise ValueError("label_smoothing needs loss: categorical_crossentropy")
+        return self
+
+
+class TrainParams(Strict):
+    common: TrainCommon = TrainCommon()
+    fnn: FNNParams = FNNParams()
+    cnn: CNNParams = CNNParams()
+    lstm: LSTMParams = LSTMParams()
+
+    def model(self, name: ModelName) -> FNNParams | CNNParams | LSTMParams:
+        return getattr(self, name)
+
+
+class TrackingParams(Strict):
+    # MLflow experiment; empty means "named after the dataset" (data.source).
+    experiment: str | None = None
+
+
+class Params(Strict):
+    seed: int = Field(42, ge=0, le=2**31 - 1)
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    mlflow: TrackingParams = TrackingParams()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.data.source
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise PipelineError(f"{source}: {describe_errors(error)}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise PipelineError(f"{path}: invalid YAML{where}") from None
+    return parse_params(raw, str(path))
+
+
+def describe_errors(error: ValidationError) -> str:
+    """All schema errors on one line: `train.cnn.dropout: must be < 1 (got 1.5)`."""
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{key}: {message}{shown}")
+    return "; ".join(parts)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as `a.b.c` keys, the form MLflow's compare view lines up."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(by_alias=True)
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

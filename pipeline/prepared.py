@@ -1,0 +1,83 @@
+"""The prepared-data contract between ingest and every later stage: `data/prepared/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.cli import PipelineError
+from pipeline.datasets import SPLITS, describe
+from pipeline.io import atomic_path, hash_arrays, read_json, write_json
+
+PREPARED_DIR = Path("data/prepared")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (x float32 N×H×W×1, y int64)
+    manifest: dict[str, Any]
+
+    def __getitem__(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.splits[split]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["image_shape"])  # type: ignore[return-value]
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.manifest["content_hash"])
+
+
+def content_hash(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    return hash_arrays(*(array for name in SPLITS for array in splits[name]))
+
+
+def build_manifest(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], **provenance: Any
+) -> dict[str, Any]:
+    summary = {}
+    for name in SPLITS:
+        _x, y = splits[name]
+        labels, counts = np.unique(y, return_counts=True)
+        summary[name] = {
+            "count": len(y),
+            "class_counts": {str(label): int(n) for label, n in zip(labels, counts, strict=True)},
+        }
+    return {
+        **provenance,
+        "image_shape": list(splits["train"][0].shape[1:]),
+        "splits": summary,
+        "content_hash": content_hash(splits),
+    }
+
+
+def write_prepared(prepared: Prepared, folder: Path = PREPARED_DIR) -> None:
+    """Write all splits and the manifest, replacing the folder atomically."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        for name in SPLITS:
+            x, y = prepared[name]
+            np.savez(tmp / f"{name}.npz", x=x, y=y)
+        write_json(tmp / MANIFEST, prepared.manifest)
+
+
+def load_prepared(folder: Path = PREPARED_DIR) -> Prepared:
+    folder = Path(folder)
+    try:
+        manifest = read_json(folder / MANIFEST)
+        splits = {}
+        for name in SPLITS:
+            with np.load(folder / f"{name}.npz", allow_pickle=False) as archive:
+                splits[name] = (archive["x"], archive["y"])
+    except FileNotFoundError as error:
+        raise PipelineError(f"{error.filename}: missing; run the ingest stage first") from None
+    except (OSError, ValueError, KeyError) as error:
+        raise PipelineError(f"{folder}: unreadable prepared data ({describe(error)})") from None
+    if content_hash(splits) != manifest.get("content_hash"):
+        raise PipelineError(f"{folder}: arrays do not match the manifest's content hash")
+    return Prepared(splits=splits, manifest=manifest)

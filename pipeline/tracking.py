@@ -1,0 +1,189 @@
+"""MLflow lineage: the one module that talks to MLflow.
+
+Each trained model has one MLflow run, its lineage; the train stage creates it and records its id
+in `models/<name>/lineage.json`, and later stages add to the same run. Logging is batched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import PipelineError
+
+PACKAGES = (
+    "tensorflow",
+    "tf_keras",
+    "tensorflow-model-optimization",
+    "mlflow",
+    "dvc",
+    "great_expectations",
+    "numpy",
+    "scikit-learn",
+)
+_CREDENTIALS = re.compile(r"//[^/@\s]+@")  # user[:password]@ inside any URL
+_BATCH = 100  # MLflow's log_batch accepts at most 100 params/tags and 1,000 metrics per call
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The repository root. DVC runs queued experiments in copies under
+    `<root>/.dvc/tmp/exps/...`; those copies belong to the same project and the same store."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 2):
+        if parts[i] == ".dvc" and parts[i + 1] == "tmp":
+            return Path(*parts[:i])
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").exists():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite store at the root, by absolute path."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def redact(uri: str) -> str:
+    """The URI without any user:password part, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # With the default SQLite store, MLflow would put artifacts under the current directory, which
+    # for a queued DVC experiment is a temporary copy: pin them next to the store instead.
+    default_store = not os.environ.get("MLFLOW_TRACKING_URI")
+    location = (project_root() / "mlruns").as_uri() if default_store else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent stage
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else ""
+    return {"git_commit": commit or "none", "git_dirty": str(bool(dirty)).lower()}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for package in PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            versions[f"version.{package}"] = version(package)
+    return versions
+
+
+@contextlib.contextmanager
+def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iterator[str]:
+    """Start a model's lineage run and yield its id; it ends FINISHED, or FAILED on an error.
+
+    The store is checked here, before the stage does any work, so an unreachable tracking
+    server fails the stage at once with one line.
+    """
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    # `mlflow run` exports MLFLOW_RUN_ID for its own run: record it, but start a run per model.
+    project_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    all_tags = {**git_state(), **package_versions(), **{k: str(v) for k, v in tags.items()}}
+    if project_run:
+        all_tags["mlflow_project_run_id"] = project_run
+    try:
+        experiment_id = ensure_experiment(MlflowClient(uri), experiment)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags)
+    except Exception as error:
+        reason = _CREDENTIALS.sub("//***@", str(error).splitlines()[0])[:300]
+        raise PipelineError(f"MLflow tracking store {redact(uri)} unavailable: {reason}") from None
+    with run:
+        yield run.info.run_id
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(key, _param_value(value)) for key, value in sorted(params.items())]
+    client = MlflowClient()
+    for start in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[start : start + _BATCH])
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    items = [RunTag(key, str(value)) for key, value in sorted(tags.items())]
+    client = MlflowClient()
+    for start in range(0, len(items), _BATCH):
+        client.log_batch(run_id, tags=items[start : start + _BATCH])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    log_series(run_id, {key: [(step, value)] for key, value in metrics.items()})
+
+
+def log_series(run_id: str, series: Mapping[str, list[tuple[int, float]]]) -> None:
+    """Metric series (step, value) logged in batches, not one call per value."""
+    now = int(time.time() * 1000)
+    items = [
+        Metric(key, float(value), now, int(step))
+        for key, points in series.items()
+        for step, value in points
+    ]
+    client = MlflowClient()
+    for start in range(0, len(items), 10 * _BATCH):
+        client.log_batch(run_id, metrics=items[start : start + 10 * _BATCH])
+
+
+def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+    client = MlflowClient()
+    for path in paths:
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path)
+
+
+def log_keras_model(model: Any, input_example: Any, name: str = "model") -> str:
+    """Log a tf_keras model with its signature into the active run; return its model URI."""
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(input_example, model.predict(input_example, verbose=0))
+    requirements = [f"{p}=={version(p)}" for p in ("tensorflow-cpu", "tf_keras")]
+    info = mlflow.tensorflow.log_model(
+        model,
+        name=name,
+        signature=signature,
+        input_example=input_example,
+        # Listing them saves ~10 s of MLflow re-importing TensorFlow to infer them.
+        pip_requirements=requirements,
+    )
+    return info.model_uri
+
+
+def _param_value(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text[:6000]  # MLflow's limit on a param value

@@ -1,0 +1,49 @@
+"""Shared fixtures. Importing `pipeline` first fixes the environment before TensorFlow loads."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS and telemetry switches)
+from pipeline.datasets import stratified_split
+from pipeline.prepared import Prepared, build_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """An IDX file in the real MNIST format (big-endian header, unsigned bytes)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+def synthetic_images(n_per_class: int = 12, classes: int = 10, size: int = 8, seed: int = 0):
+    """Small uint8 images whose class is readable from them (a bright column per class)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = rng.integers(0, 40, size=(len(y), size, size), dtype=np.uint8)
+    x[np.arange(len(y)), :, y % size] = 255
+    return x, y
+
+
+def make_prepared(x: np.ndarray, y: np.ndarray, num_classes: int = 10, seed: int = 0) -> Prepared:
+    splits = stratified_split(x, y, 0.2, 0.2, seed)
+    manifest = build_manifest(splits, source="test", num_classes=num_classes)
+    return Prepared(splits=splits, manifest=manifest)
+
+
+@pytest.fixture
+def digits_prepared() -> Prepared:
+    from pipeline.datasets import load_digits, scale_pixels
+
+    raw = load_digits()
+    return make_prepared(scale_pixels(raw.x, raw.pixel_max), raw.y, seed=42)

@@ -1,0 +1,85 @@
+"""Helpers for end-to-end tests: a throw-away copy of the project, run through real DVC."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import REPO
+
+# Small enough for CI's two cores, large enough to learn something.
+TINY_TRAIN = {
+    "common": {"epochs": 4, "batch_size": 64, "early_stopping_patience": 2},
+    "fnn": {"hidden_units": [32]},
+    "cnn": {"filters": [8, 16], "dense_units": [32]},
+    "lstm": {"units": [32], "dense_units": []},
+}
+
+
+def project_files() -> list[str]:
+    """What a clone would hold: tracked files plus new files git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
+
+
+def copy_project(target: Path) -> Path:
+    for name in project_files():
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, destination)
+    git(target, "init", "-q")
+    commit(target, "copy of the project")
+    return target
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def commit(cwd: Path, message: str) -> None:
+    git(cwd, "add", "-A")
+    git(cwd, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def update_params(project: Path, changes: dict[str, Any]) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    merge(params, changes)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def merge(base: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def run(project: Path, *command: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command the way a user would in the project, with this environment's tools."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "PIPELINE_DEBUG"):
+        env.pop(key, None)
+    return subprocess.run(
+        list(command), cwd=project, env=env, capture_output=True, text=True, timeout=timeout
+    )

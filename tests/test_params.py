@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import PipelineError
+from pipeline.params import Params, flatten, load_params, parse_params
+from tests.conftest import REPO
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def error_for(raw: dict) -> str:
+    with pytest.raises(PipelineError) as info:
+        parse_params(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_repository_params_are_valid_and_complete():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "digits"
+    # Every default is spelled out in the file: the schema's defaults are not silently relied on.
+    assert flatten(Params.model_validate(repo_params())).keys() == flatten(params).keys()
+
+
+def test_unknown_key_names_its_full_path():
+    raw = repo_params()
+    raw["train"]["cnn"]["dropuot"] = 0.1
+    assert error_for(raw) == "params.yaml: train.cnn.dropuot: unknown key"
+
+
+def test_unknown_section():
+    assert "compresss: unknown key" in error_for({**repo_params(), "compresss": {}})
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["train", "fnn", "optimizer", "learning_rate"], -0.1, "train.fnn.optimizer.learning_rate"),
+        (["train", "common", "epochs"], "ten", "train.common.epochs"),
+        (["train", "cnn", "dropout"], 1.0, "train.cnn.dropout"),
+        (["train", "lstm", "optimizer", "name"], "adamw", "train.lstm.optimizer.name"),
+        (["train", "fnn", "activation"], "relu6", "train.fnn.activation"),
+        (["data", "test_fraction"], 1.5, "data.test_fraction"),
+        (["seed"], -1, "seed"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(path, value, expected):
+    raw = repo_params()
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    message = error_for(raw)
+    assert message.startswith(f"params.yaml: {expected}: ")
+    assert repr(value) in message
+
+
+def test_cross_field_rules():
+    raw = repo_params()
+    raw["train"]["common"]["label_smoothing"] = 0.1
+    assert "label_smoothing needs loss: categorical_crossentropy" in error_for(raw)
+    raw = repo_params()
+    raw["data"]["source"] = "npz"
+    assert "needs data.path" in error_for(raw)
+
+
+def test_load_params_reports_missing_and_broken_files(tmp_path: Path):
+    with pytest.raises(PipelineError, match="file not found"):
+        load_params(tmp_path / "params.yaml")
+    broken = tmp_path / "params.yaml"
+    broken.write_text("train:\n  common: [\n")
+    with pytest.raises(PipelineError, match=r"invalid YAML at line \d+"):
+        load_params(broken)
+
+
+def test_flatten_gives_dotted_keys():
+    params = parse_params({"train": {"fnn": {"hidden_units": [8]}}})
+    flat = flatten(params.train.fnn, "model")
+    assert flat["model.hidden_units"] == [8]
+    assert flat["model.optimizer.learning_rate"] == pytest.approx(1e-3)

@@ -1,0 +1,170 @@
+"""`dvc repro` on a copy of the project with tiny params: real DVC, GX, TensorFlow and MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.e2e import TINY_TRAIN, commit, copy_project, run, update_params
+
+pytestmark = pytest.mark.slow
+MODELS = ("fnn", "cnn", "lstm")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = copy_project(tmp_path_factory.mktemp("project"))
+    update_params(root, {"train": TINY_TRAIN})
+    commit(root, "tiny params")
+    result = run(root, "dvc", "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def mlflow_client(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def lineage_runs(project: Path) -> dict:
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("digits")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return {run.info.run_id: run for run in runs}
+
+
+def test_repro_writes_every_declared_output(project: Path):
+    manifest = read(project / "data/prepared/manifest.json")
+    assert manifest["source"] == "digits"
+    assert {k: v["count"] for k, v in manifest["splits"].items()} == {
+        "train": 1257,
+        "val": 180,
+        "test": 360,
+    }
+    assert read(project / "reports/validation/results.json")["success"] is True
+    assert (project / "reports/validation/summary.html").stat().st_size > 1000
+    assert (project / "reports/validation/data_docs/index.html").exists()
+    for name in MODELS:
+        folder = project / "models" / name
+        assert {p.name for p in folder.iterdir()} == {"model.keras", "history.csv", "lineage.json"}
+        metrics = read(project / f"reports/train/{name}.json")
+        assert 1 <= metrics["epochs_trained"] <= 4
+        assert 0.3 < metrics["test_accuracy"] <= 1.0, (name, metrics)  # chance is 0.1
+        history = (folder / "history.csv").read_text().splitlines()
+        assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss"
+        assert len(history) == metrics["epochs_trained"] + 1
+
+
+def test_three_mlflow_runs_hold_each_models_lineage(project: Path):
+    import mlflow.pyfunc
+    import tf_keras as keras
+
+    runs = lineage_runs(project)
+    assert len(runs) == 3
+    x_test = np.load(project / "data/prepared/test.npz")["x"][:16]
+    head = project.resolve().as_posix()
+    for name in MODELS:
+        lineage = read(project / f"models/{name}/lineage.json")
+        run = runs[lineage["run_id"]]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == name
+        metrics = read(project / f"reports/train/{name}.json")
+        assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+        assert run.data.params["model.optimizer.name"] == "adam"
+        assert run.data.params["train.epochs"] == "4"
+        assert run.data.params["data.source"] == "digits"
+        tags = run.data.tags
+        assert tags["dvc_stage"] == f"train@{name}"
+        assert tags["data_hash"] == read(project / "data/prepared/manifest.json")["content_hash"]
+        assert tags["dataset"] == "digits" and tags["git_dirty"] == "false"
+        assert len(tags["git_commit"]) == 40
+        history = mlflow_client(project).get_metric_history(run.info.run_id, "epoch/val_accuracy")
+        assert len(history) == metrics["epochs_trained"]
+        # The logged model predicts on a batch of images exactly like the saved one.
+        logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        predicted = np.asarray(logged.predict(x_test))
+        saved = keras.models.load_model(project / f"models/{name}/model.keras", compile=False)
+        np.testing.assert_allclose(predicted, saved.predict(x_test, verbose=0), atol=1e-5)
+        # Artifacts live beside the store at the root, not in a stage's working directory.
+        assert run.info.artifact_uri.startswith(f"file://{head}/mlruns/")
+
+
+def test_noop_repro_runs_no_stage(project: Path):
+    result = run(project, "dvc", "repro")
+    assert result.returncode == 0
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date" in result.stdout
+
+
+def test_forced_retraining_reproduces_metrics_and_weights(project: Path):
+    before = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
+    weights_before = weight_digest(project / "models/cnn/model.keras")
+    result = run(project, "dvc", "repro", "--force", "--single-item", "train@cnn", "train@fnn")
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
+    assert before == after
+    assert weight_digest(project / "models/cnn/model.keras") == weights_before
+    assert len(lineage_runs(project)) == 5  # two new lineages: each training is a run
+
+
+def weight_digest(path: Path) -> str:
+    import tf_keras as keras
+
+    digest = hashlib.sha256()
+    for array in keras.models.load_model(path, compile=False).get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def test_mlflow_project_entry_point_reruns_what_changed(project: Path):
+    update_params(project, {"train": {"fnn": {"dropout": 0.1}}})
+    commit(project, "fnn dropout")
+    before = set(lineage_runs(project))
+    result = run(
+        project, "mlflow", "run", ".", "--env-manager", "local", "--experiment-name", "launcher"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Running stage 'train@fnn'" in result.stdout
+    assert "Running stage 'train@cnn'" not in result.stdout
+    new = [run_ for run_id, run_ in lineage_runs(project).items() if run_id not in before]
+    assert [r.info.run_name for r in new] == ["fnn"]
+    assert new[0].data.params["model.dropout"] == "0.1"
+    assert "mlflow_project_run_id" in new[0].data.tags
+
+
+def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
+    """Runs last: plants labels outside the class set; the last good models stay intact."""
+    good = {p: file_digest(p) for n in MODELS for p in (project / "models" / n).iterdir()}
+    good_metrics = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    labels = digits.target.copy()
+    labels[::50] = 11  # 36 images with a label outside 0..9
+    np.savez(project / "data/bad.npz", x=(digits.images / 16.0).astype(np.float32), y=labels)
+    update_params(project, {"data": {"source": "npz", "path": "data/bad.npz"}})
+    result = run(project, "dvc", "repro")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    error_lines = [line for line in output.splitlines() if line.startswith("validate: error:")]
+    assert len(error_lines) == 1, output[-3000:]
+    assert "expect_column_values_to_be_in_set(label)" in error_lines[0]
+    assert "Running stage 'train@" not in output
+    assert {p: file_digest(p) for p in good} == good
+    assert {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS} == good_metrics
+    assert read(project / "reports/validation/results.json")["success"] is False

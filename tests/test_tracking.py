@@ -1,0 +1,95 @@
+"""The tracking module against a real MLflow SQLite store in a temporary folder."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.cli import PipelineError
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def test_project_root_of_a_queued_dvc_experiment_is_the_main_repository(tmp_path: Path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    workspace = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    (workspace / "pipeline").mkdir(parents=True)
+    (workspace / "dvc.yaml").write_text("stages: {}\n")
+    assert tracking.project_root(workspace) == tmp_path
+    assert tracking.project_root(tmp_path / "pipeline") == tmp_path
+
+
+def test_default_store_is_sqlite_at_the_root_by_absolute_path(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_redact_hides_credentials():
+    assert (
+        tracking.redact("postgresql://bob:s3cret@db:5432/mlflow")
+        == "postgresql://***@db:5432/mlflow"
+    )
+    assert tracking.redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_lineage_run_records_batches_and_finishes(store: str):
+    with tracking.lineage_run("digits", "cnn", {"model_family": "cnn"}) as run_id:
+        tracking.log_params(run_id, {f"p{i}": i for i in range(150)})  # more than one batch
+        tracking.log_series(run_id, {"epoch/loss": [(s, 1.0 / s) for s in range(1, 1201)]})
+        tracking.log_metrics(run_id, {"test_accuracy": 0.5})
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(run.data.params) == 150
+    assert run.data.metrics["test_accuracy"] == 0.5
+    assert len(client.get_metric_history(run_id, "epoch/loss")) == 1200
+    assert run.data.tags["model_family"] == "cnn"
+    assert {
+        "git_commit",
+        "git_dirty",
+        "version.tensorflow",
+        "version.mlflow",
+    } <= run.data.tags.keys()
+    assert client.get_experiment(run.info.experiment_id).name == "digits"
+
+
+def test_a_failing_stage_leaves_its_run_failed(store: str):
+    with pytest.raises(RuntimeError), tracking.lineage_run("digits", "fnn", {}) as run_id:
+        raise RuntimeError("boom")
+    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
+
+
+def test_mlflow_project_run_id_is_recorded_not_resumed(store: str, monkeypatch):
+    mlflow.set_tracking_uri(store)
+    parent = MlflowClient(store).create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent)
+    with tracking.lineage_run("digits", "lstm", {}) as run_id:
+        pass
+    assert run_id != parent
+    assert MlflowClient(store).get_run(run_id).data.tags["mlflow_project_run_id"] == parent
+
+
+def test_unreachable_store_fails_at_start_in_one_line(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:pw@127.0.0.1:9")  # discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    started = False
+    with pytest.raises(PipelineError) as info, tracking.lineage_run("digits", "cnn", {}):
+        started = True
+    assert not started
+    message = str(info.value)
+    assert message.startswith("MLflow tracking store http://***@127.0.0.1:9 unavailable")
+    assert "\n" not in message and "pw" not in message

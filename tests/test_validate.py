@@ -1,0 +1,112 @@
+"""The Great Expectations suite, run for real (GX Core, ephemeral context) on planted faults."""
+
+import json
+
+import numpy as np
+
+from pipeline.params import ValidateParams
+from pipeline.prepared import Prepared, build_manifest
+from pipeline.validate import (
+    failures,
+    image_table,
+    load_suite_json,
+    summary_html,
+    validate,
+)
+from tests.conftest import REPO
+
+
+def modified(prepared: Prepared, split: str, x=None, y=None) -> Prepared:
+    splits = dict(prepared.splits)
+    old_x, old_y = splits[split]
+    splits[split] = (old_x if x is None else x, old_y if y is None else y)
+    return Prepared(splits=splits, manifest=build_manifest(splits, source="test", num_classes=10))
+
+
+def failed_phrases(prepared: Prepared, **params) -> list[str]:
+    return failures(validate(prepared, ValidateParams(**params))["splits"])
+
+
+def test_stored_suite_is_the_repository_json():
+    suite = load_suite_json()
+    assert suite == json.loads((REPO / "expectations/prepared_images.json").read_text())
+    types = {e["type"] for e in suite["expectations"]}
+    assert {
+        "expect_column_values_to_be_in_set",
+        "expect_column_kl_divergence_to_be_less_than",
+        "expect_column_distinct_values_to_equal_set",
+        "expect_table_row_count_to_be_between",
+    } <= types
+
+
+def test_image_table_has_one_row_per_image():
+    x = np.zeros((3, 4, 4, 1), np.float32)
+    x[1, 0, 0, 0] = np.nan
+    x[2, 0, 0, 0] = np.inf
+    table = image_table(x, np.array([0, 1, 2]), "val")
+    assert list(table["nan_count"]) == [0, 1, 0]
+    assert list(table["inf_count"]) == [0, 0, 1]
+    assert set(table["shape"]) == {"4x4x1"}
+    assert set(table["split"]) == {"val"}
+
+
+def test_good_data_passes_every_expectation(digits_prepared):
+    results = validate(digits_prepared, ValidateParams())
+    assert results["success"], failures(results["splits"])
+    assert set(results["splits"]) == {"train", "val", "test"}
+    assert all(
+        len(items) == len(load_suite_json()["expectations"]) for items in results["splits"].values()
+    )
+
+
+def test_labels_outside_the_class_set_fail_by_name(digits_prepared):
+    _x, y = digits_prepared["test"]
+    y = y.copy()
+    y[:3] = 10
+    failed = failed_phrases(modified(digits_prepared, "test", y=y))
+    assert any(
+        p.startswith("split 'test': expect_column_values_to_be_in_set(label): 3 unexpected")
+        for p in failed
+    ), failed
+
+
+def test_nan_and_out_of_range_pixels_fail(digits_prepared):
+    x, _ = digits_prepared["train"]
+    x = x.copy()
+    x[0, 0, 0, 0] = np.nan
+    x[1, 0, 0, 0] = 3.0
+    failed = " | ".join(failed_phrases(modified(digits_prepared, "train", x=x)))
+    assert "split 'train': expect_column_values_to_be_in_set(nan_count): 1 unexpected" in failed
+    assert "split 'train': expect_column_values_to_be_between(pixel_max): 1 unexpected" in failed
+
+
+def test_missing_class_and_drift_fail(digits_prepared):
+    x, y = digits_prepared["val"]
+    keep = y != 4
+    failed = " | ".join(failed_phrases(modified(digits_prepared, "val", x=x[keep], y=y[keep])))
+    assert "split 'val': expect_column_distinct_values_to_equal_set(label): missing [4]" in failed
+    assert "split 'val': expect_column_kl_divergence_to_be_less_than(label)" in failed
+
+
+def test_class_proportion_drift_alone_fails_with_threshold(digits_prepared):
+    x, y = digits_prepared["test"]
+    # Keep every class, but only a third of classes 0-4: heavy drift toward 5-9.
+    keep = (y >= 5) | (np.arange(len(y)) % 3 == 0)
+    drifted = modified(digits_prepared, "test", x=x[keep], y=y[keep])
+    failed = failed_phrases(drifted)
+    assert failed and all("kl_divergence" in p for p in failed), failed
+    assert failed_phrases(drifted, max_class_drift=5.0) == []
+
+
+def test_row_count_bounds(digits_prepared):
+    rows = len(digits_prepared["train"][1])
+    failed = failed_phrases(digits_prepared, max_rows_per_split=rows - 1)
+    assert failed == [f"split 'train': expect_table_row_count_to_be_between: observed {rows}"]
+
+
+def test_summary_page_is_self_contained_and_escaped(digits_prepared):
+    results = validate(digits_prepared, ValidateParams())
+    results["splits"]["train"][0]["column"] = "<script>alert(1)</script>"
+    page = summary_html(results)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "http://" not in page and "https://" not in page
