@@ -14,6 +14,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # TensorFlow's C++ start-up chatter (CPU feature notices) hides the stage's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -90,7 +90,21 @@ def git_state() -> dict[str, str]:
         return result.stdout.strip() if result.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else ""
+    # Dirty means code or params differ from the commit. DVC itself rewrites dvc.lock and the
+    # metrics under reports/ while `dvc repro` runs, so those do not count.
+    dirty = (
+        git(
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)dvc.lock",
+            ":(exclude)reports",
+        )
+        if commit
+        else ""
+    )
     return {"git_commit": commit or "none", "git_dirty": str(bool(dirty)).lower()}
 
 

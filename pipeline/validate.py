@@ -6,8 +6,11 @@ non-zero naming every failed expectation, so no training stage runs on bad data.
 
 from __future__ import annotations
 
+import contextlib
 import html
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +30,44 @@ RESULTS = VALIDATION_DIR / "results.json"
 
 def image_table(x: np.ndarray, y: np.ndarray, split: str) -> pd.DataFrame:
     """One row per image: the columns the expectation suite speaks about."""
-    flat = x.reshape(len(x), -1).astype(np.float64)
+    flat = x.reshape(len(x), int(np.prod(x.shape[1:]))).astype(np.float64)
     finite = np.where(np.isfinite(flat), flat, np.nan)
-    with np.errstate(all="ignore"):  # all-NaN rows give NaN statistics, caught by nan_count
-        return pd.DataFrame(
-            {
-                "split": split,
-                "label": y.astype(np.int64),
-                "pixel_min": np.nanmin(finite, axis=1) if flat.size else [],
-                "pixel_max": np.nanmax(finite, axis=1) if flat.size else [],
-                "pixel_mean": np.nanmean(finite, axis=1) if flat.size else [],
-                "nan_count": np.isnan(flat).sum(axis=1),
-                "inf_count": np.isinf(flat).sum(axis=1),
-                "shape": "x".join(str(d) for d in x.shape[1:]),
-            }
-        )
+    with warnings.catch_warnings():  # all-NaN rows give NaN statistics, caught by nan_count
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stats = {
+            "pixel_min": np.nanmin(finite, axis=1, initial=np.inf, where=~np.isnan(finite)),
+            "pixel_max": np.nanmax(finite, axis=1, initial=-np.inf, where=~np.isnan(finite)),
+            "pixel_mean": np.nanmean(finite, axis=1),
+        }
+    return pd.DataFrame(
+        {
+            "split": split,
+            "label": y.astype(np.int64),
+            **stats,
+            "nan_count": np.isnan(flat).sum(axis=1),
+            "inf_count": np.isinf(flat).sum(axis=1),
+            "shape": "x".join(str(d) for d in x.shape[1:]),
+        }
+    )
 
 
 def suite_parameters(prepared: Prepared, p: ValidateParams) -> dict[str, Any]:
     """Values for the suite's $PARAMETER placeholders: params plus the train split's profile."""
     classes = list(range(int(prepared.manifest["num_classes"])))
-    train_labels = prepared["train"][1]
-    weights = [float(np.mean(train_labels == c)) if len(train_labels) else 0.0 for c in classes]
+    # The reference distribution is train's as it is, stray labels included, so that it is a
+    # valid partition (weights sum to 1) even for data that fails the other expectations.
+    values, counts = np.unique(prepared["train"][1], return_counts=True)
+    if len(values) == 0:  # empty train split: the row-count expectation reports it
+        values, counts = np.array(classes), np.ones(len(classes))
     return {
         "classes": classes,
         "min_rows": p.min_rows_per_split,
         "max_rows": p.max_rows_per_split,
         "max_class_drift": p.max_class_drift,
-        "train_class_partition": {"values": classes, "weights": weights},
+        "train_class_partition": {
+            "values": values.tolist(),
+            "weights": (counts / counts.sum()).tolist(),
+        },
         "image_shapes": ["x".join(str(d) for d in prepared.image_shape)],
     }
 
@@ -76,10 +89,11 @@ def run_suite(
     tables: dict[str, pd.DataFrame],
     parameters: dict[str, Any],
     docs_dir: Path | None = None,
-) -> dict[str, list[dict[str, Any]]]:
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """Validate each split's table with GX Core; optionally build Data Docs into docs_dir.
 
-    Returns, per split, one plain record per expectation (type, column, success, observation).
+    Returns, per split, one plain record per expectation (type, column, success, observation),
+    and the number of Data Docs blocks GX failed to render.
     """
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
@@ -114,7 +128,7 @@ def run_suite(
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="prepared_images", data=batch, suite=suite)
     )
-    records = {}
+    records, problems = {}, []
     for split, table in tables.items():
         result = definition.run(
             batch_parameters={"dataframe": table},
@@ -123,8 +137,33 @@ def run_suite(
         )
         records[split] = [_record(item) for item in result.results]
     if docs_dir is not None:
-        context.build_data_docs(site_names=["local"])
-    return records
+        with _render_errors() as problems:
+            context.build_data_docs(site_names=["local"])
+    return records, len(problems)
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _render_errors() -> Iterator[list[str]]:
+    """GX 1.24's renderers fail on some failed results (KeyError 'unexpected_percent') and log a
+    traceback per block; the page is still written without that block. Collect, don't print."""
+    logger = logging.getLogger("great_expectations.render")
+    collector, propagate = _Collector(), logger.propagate
+    logger.addHandler(collector)
+    logger.propagate = False
+    try:
+        yield collector.messages
+    finally:
+        logger.removeHandler(collector)
+        logger.propagate = propagate
 
 
 def _suite_kwargs(suite_json: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +238,10 @@ def summary_html(results: dict[str, Any]) -> str:
             row = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells)
             rows.append(f"<tr class='{status.lower()}'>{row}</tr>")
     verdict = "passed" if results["success"] else "FAILED"
+    unrendered = results.get("data_docs_unrendered_blocks", 0)
+    note = f" (GX could not render {unrendered} of its blocks; this table is complete)" * bool(
+        unrendered
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
 <style>
@@ -212,7 +255,7 @@ code {{ background: #f3f3f3; padding: 0 .2rem; }}
 <p>Suite <code>{html.escape(results["suite"])}</code>
 on data <code>{html.escape(results["content_hash"][:12])}</code>
 ({html.escape(str(results["rows"]))} rows per split).
-Full GX Data Docs: <a href="data_docs/index.html">data_docs/index.html</a>.</p>
+Full GX Data Docs: <a href="data_docs/index.html">data_docs/index.html</a>{note}.</p>
 <table><tr><th>split</th><th>expectation</th><th>column</th><th>result</th><th>observed</th></tr>
 {"".join(rows)}
 </table></body></html>
@@ -221,8 +264,11 @@ Full GX Data Docs: <a href="data_docs/index.html">data_docs/index.html</a>.</p>
 
 def validate(prepared: Prepared, p: ValidateParams, docs_dir: Path | None = None) -> dict[str, Any]:
     tables = {split: image_table(*prepared[split], split) for split in SPLITS}
-    records = run_suite(load_suite_json(), tables, suite_parameters(prepared, p), docs_dir)
+    records, unrendered = run_suite(
+        load_suite_json(), tables, suite_parameters(prepared, p), docs_dir
+    )
     return {
+        "data_docs_unrendered_blocks": unrendered,
         "success": all(r["success"] for items in records.values() for r in items),
         "suite": "prepared_images",
         "content_hash": prepared.content_hash,

@@ -110,3 +110,18 @@ def test_summary_page_is_self_contained_and_escaped(digits_prepared):
     page = summary_html(results)
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_stray_labels_in_train_are_reported_not_crashed_on(digits_prepared):
+    _x, y = digits_prepared["train"]
+    y = y.copy()
+    y[::40] = 11
+    failed = " | ".join(failed_phrases(modified(digits_prepared, "train", y=y)))
+    assert "split 'train': expect_column_values_to_be_in_set(label)" in failed
+    assert "split 'val': expect_column_kl_divergence_to_be_less_than(label)" in failed
+
+
+def test_empty_split_fails_row_count_without_crashing(digits_prepared):
+    x, y = digits_prepared["test"]
+    failed = " | ".join(failed_phrases(modified(digits_prepared, "test", x=x[:0], y=y[:0])))
+    assert "split 'test': expect_table_row_count_to_be_between: observed 0" in failed
