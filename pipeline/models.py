@@ -6,11 +6,14 @@ later stages (compress, evaluate, serving) treat all families alike.
 
 from __future__ import annotations
 
+import numpy as np
 import tf_keras as keras
 
+from pipeline.cli import PipelineError
 from pipeline.params import (
     CNNParams,
     FNNParams,
+    GanParams,
     LayerParams,
     LSTMParams,
     ModelName,
@@ -122,3 +125,61 @@ def build_optimizer(p: OptimizerParams) -> keras.optimizers.Optimizer:
     if p.name == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate=p.learning_rate, momentum=p.momentum)
     return keras.optimizers.Adam(learning_rate=p.learning_rate)
+
+
+def build_generator(p: GanParams, image_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Conditional DCGAN generator: (latent vector, label) -> image in [0, 1].
+
+    The label's learned embedding is concatenated to the latent vector; each transposed
+    convolution doubles the map until it reaches the image size.
+    """
+    height, width, channels = image_shape
+    factor = 2 ** len(p.generator_widths)
+    if height % factor or width % factor:
+        raise PipelineError(
+            f"gan.generator_widths: {len(p.generator_widths)} upsamplings need image sides "
+            f"divisible by {factor}, images are {height}×{width}"
+        )
+    latent = keras.Input((p.latent_dim,), name="latent")
+    label = keras.Input((), dtype="int32", name="label")
+    embedded = keras.layers.Flatten(name="label_flat")(
+        keras.layers.Embedding(num_classes, p.latent_dim, name="label_embedding")(label)
+    )
+    x = keras.layers.Concatenate(name="conditioned")([latent, embedded])
+    start = (height // factor, width // factor, p.generator_widths[0])
+    x = keras.layers.Dense(int(np.prod(start)), use_bias=False, name="project")(x)
+    x = keras.layers.BatchNormalization(name="project_bn")(x)
+    x = keras.layers.LeakyReLU(0.2, name="project_act")(x)
+    x = keras.layers.Reshape(start, name="seed_map")(x)
+    for i, filters in enumerate(p.generator_widths[1:]):
+        x = keras.layers.Conv2DTranspose(
+            filters, 4, strides=2, padding="same", use_bias=False, name=f"up{i}"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"up{i}_bn")(x)
+        x = keras.layers.LeakyReLU(0.2, name=f"up{i}_act")(x)
+    image = keras.layers.Conv2DTranspose(
+        channels, 4, strides=2, padding="same", activation="sigmoid", name="image"
+    )(x)
+    return keras.Model([latent, label], image, name="generator")
+
+
+def build_discriminator(
+    p: GanParams, image_shape: tuple[int, ...], num_classes: int
+) -> keras.Model:
+    """Conditional discriminator: (image, label) -> real/fake logit.
+
+    The label enters as an extra image channel (a learned H×W map per class)."""
+    height, width, _ = image_shape
+    image = keras.Input(image_shape, name="image")
+    label = keras.Input((), dtype="int32", name="label")
+    label_map = keras.layers.Embedding(num_classes, height * width, name="label_embedding")(label)
+    label_map = keras.layers.Reshape((height, width, 1), name="label_map")(label_map)
+    x = keras.layers.Concatenate(name="conditioned")([image, label_map])
+    for i, filters in enumerate(p.discriminator_widths):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"down{i}")(x)
+        x = keras.layers.LeakyReLU(0.2, name=f"down{i}_act")(x)
+        if p.discriminator_dropout:
+            x = keras.layers.Dropout(p.discriminator_dropout, name=f"down{i}_dropout")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    logit = keras.layers.Dense(1, name="logit")(x)
+    return keras.Model([image, label], logit, name="discriminator")

@@ -125,6 +125,31 @@ class TrainParams(Strict):
         return getattr(self, name)
 
 
+class AdamParams(Strict):
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    beta_1: float = Field(0.5, ge=0, lt=1)
+    beta_2: float = Field(0.999, ge=0, lt=1)
+
+
+class GanParams(Strict):
+    """A class-conditional DCGAN; judged by the train stage's CNN (see dvc.yaml)."""
+
+    latent_dim: int = Field(64, ge=1, le=1024)
+    # Transposed-conv widths; each doubles the map, so H and W must divide by 2**len(widths).
+    generator_widths: list[Units] = Field(default_factory=lambda: [128, 64], min_length=1)
+    discriminator_widths: list[Units] = Field(default_factory=lambda: [64, 128], min_length=1)
+    discriminator_dropout: float = Field(0.3, ge=0, lt=1)
+    generator_optimizer: AdamParams = AdamParams()
+    discriminator_optimizer: AdamParams = AdamParams()
+    epochs: int = Field(200, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=2, le=65_536)
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5)  # one-sided: real targets 1 - smoothing
+    discriminator_steps: int = Field(1, ge=1, le=10)
+    sample_every: int = Field(25, ge=1)  # epochs between sample grids
+    eval_per_class: int = Field(200, ge=2)  # generated images per class for the metrics
+    probe_epochs: int = Field(30, ge=1)  # the small GAN-train / GAN-test classifier
+
+
 class TrackingParams(Strict):
     # MLflow experiment; empty means "named after the dataset" (data.source).
     experiment: str | None = None
@@ -135,6 +160,7 @@ class Params(Strict):
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
+    gan: GanParams = GanParams()
     mlflow: TrackingParams = TrackingParams()
 
     @property

@@ -172,10 +172,12 @@ def log_series(run_id: str, series: Mapping[str, list[tuple[int, float]]]) -> No
 
 
 def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+    """Files and folders under `artifact_path`; a folder keeps its own name (`gan/samples/`)."""
     client = MlflowClient()
     for path in paths:
         if path.is_dir():
-            client.log_artifacts(run_id, str(path), artifact_path)
+            folder = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            client.log_artifacts(run_id, str(path), folder)
         else:
             client.log_artifact(run_id, str(path), artifact_path)
 

@@ -21,6 +21,15 @@ TINY_TRAIN = {
     "cnn": {"filters": [8, 16], "dense_units": [32], "batch_norm": False},
     "lstm": {"units": [32], "dense_units": []},
 }
+TINY_GAN = {
+    "latent_dim": 16,
+    "generator_widths": [32, 16],
+    "discriminator_widths": [16, 32],
+    "epochs": 3,
+    "sample_every": 2,
+    "eval_per_class": 20,
+    "probe_epochs": 2,
+}
 
 
 def project_files() -> list[str]:

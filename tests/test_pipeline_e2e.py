@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e import TINY_TRAIN, commit, copy_project, run, update_params
+from tests.e2e import TINY_GAN, TINY_TRAIN, commit, copy_project, run, update_params
 
 pytestmark = pytest.mark.slow
 MODELS = ("fnn", "cnn", "lstm")
@@ -18,7 +18,7 @@ MODELS = ("fnn", "cnn", "lstm")
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("project"))
-    update_params(root, {"train": TINY_TRAIN})
+    update_params(root, {"train": TINY_TRAIN, "gan": TINY_GAN})
     commit(root, "tiny params")
     result = run(root, "dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -76,7 +76,7 @@ def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
 
     runs = lineage_runs(project)
-    assert len(runs) == 3
+    assert sorted(run.info.run_name for run in runs.values()) == ["cnn", "fnn", "gan", "lstm"]
     x_test = np.load(project / "data/prepared/test.npz")["x"][:16]
     head = project.resolve().as_posix()
     for name in MODELS:
@@ -105,6 +105,77 @@ def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
         assert run.info.artifact_uri.removeprefix("file://").startswith(f"{head}/mlruns/")
 
 
+def test_gan_stage_writes_its_outputs_and_lineage(project: Path, monkeypatch):
+    import mlflow.pyfunc
+
+    folder = project / "models/gan"
+    assert {p.name for p in folder.iterdir()} == {
+        "generator.keras",
+        "losses.csv",
+        "samples",
+        "lineage.json",
+    }
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == [
+        "epoch_0002.png",
+        "epoch_0003.png",
+    ]
+    assert len((folder / "losses.csv").read_text().splitlines()) == 4
+    metrics = read(project / "reports/gan/metrics.json")
+    for key in (
+        "classifier_agreement",
+        "frechet_distance",
+        "frechet_distance_real_floor",
+        "predicted_class_entropy",
+        "gan_train_accuracy",
+        "gan_test_accuracy",
+    ):
+        assert np.isfinite(metrics[key]), key
+    assert 0 < metrics["frechet_distance_real_floor"] < metrics["frechet_distance"]
+    run_id = read(folder / "lineage.json")["run_id"]
+    run = mlflow_client(project).get_run(run_id)
+    assert run.data.tags["judge_run_id"] == read(project / "models/cnn/lineage.json")["run_id"]
+    assert run.data.params["gan.epochs"] == "3"
+    assert run.data.metrics["classifier_agreement"] == pytest.approx(
+        metrics["classifier_agreement"]
+    )
+    assert len(mlflow_client(project).get_metric_history(run_id, "epoch/g_loss")) == 3
+    artifacts = {a.path for a in mlflow_client(project).list_artifacts(run_id, "gan/samples")}
+    assert artifacts == {"gan/samples/epoch_0002.png", "gan/samples/epoch_0003.png"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    generator = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    images = generator.predict(
+        {"latent": np.zeros((3, 16), np.float32), "label": np.arange(3, dtype=np.int32)}
+    )
+    assert np.asarray(images).shape == (3, 8, 8, 1)
+
+
+def test_generate_writes_data_the_pipeline_ingests(project: Path):
+    from pipeline.datasets import load_npz
+
+    result = run(
+        project,
+        "python",
+        "-m",
+        "pipeline.generate",
+        "--label",
+        "7",
+        "--count",
+        "20",
+        "--out",
+        "data/generated/sevens.npz",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    raw = load_npz(project / "data/generated/sevens.npz")
+    assert raw.x.shape == (20, 8, 8, 1) and raw.pixel_max == 1.0
+    assert set(raw.y.tolist()) == {7}
+    assert (project / "data/generated/sevens.png").stat().st_size > 100
+    bad = run(project, "python", "-m", "pipeline.generate", "--label", "12", "--out", "x.npz")
+    assert bad.returncode == 1
+    assert (
+        bad.stderr.strip().splitlines()[-1] == "generate: error: --label must be in 0..9 (got 12)"
+    )
+
+
 def test_noop_repro_runs_no_stage(project: Path):
     result = run(project, "dvc", "repro")
     assert result.returncode == 0
@@ -120,7 +191,9 @@ def test_forced_retraining_reproduces_metrics_and_weights(project: Path):
     after = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
     assert before == after
     assert weight_digest(project / "models/cnn/model.keras") == weights_before
-    assert len(lineage_runs(project)) == 5  # two new lineages: each training is a run
+    assert len(lineage_runs(project)) == 6  # two new lineages: each training is a run
+    # The CNN has a new lineage, so the GAN it judges is out of date: bring the DAG up to date.
+    assert "Running stage 'gan'" in run(project, "dvc", "repro").stdout
 
 
 def weight_digest(path: Path) -> str:
@@ -142,6 +215,7 @@ def test_mlflow_project_entry_point_reruns_what_changed(project: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Running stage 'train@fnn'" in result.stdout
     assert "Running stage 'train@cnn'" not in result.stdout
+    assert "Running stage 'gan'" not in result.stdout  # the GAN depends on the CNN only
     new = [run_ for run_id, run_ in lineage_runs(project).items() if run_id not in before]
     assert [r.info.run_name for r in new] == ["fnn"]
     assert new[0].data.params["model.dropout"] == "0.1"

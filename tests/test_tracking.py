@@ -93,3 +93,18 @@ def test_unreachable_store_fails_at_start_in_one_line(monkeypatch, tmp_path: Pat
     message = str(info.value)
     assert message.startswith("MLflow tracking store http://***@127.0.0.1:9 unavailable")
     assert "\n" not in message and "pw" not in message
+
+
+def test_logged_folders_keep_their_name(store: str, tmp_path: Path):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "a.png").write_bytes(b"png")
+    (tmp_path / "losses.csv").write_text("epoch\n")
+    with tracking.lineage_run("digits", "gan", {}) as run_id:
+        tracking.log_artifacts(run_id, [samples, tmp_path / "losses.csv"], "gan")
+    client = MlflowClient(store)
+    assert {a.path for a in client.list_artifacts(run_id, "gan")} == {
+        "gan/samples",
+        "gan/losses.csv",
+    }
+    assert [a.path for a in client.list_artifacts(run_id, "gan/samples")] == ["gan/samples/a.png"]

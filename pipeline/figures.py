@@ -1,0 +1,32 @@
+"""PNG figures written without a display (matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io import atomic_path
+
+
+def image_grid(images: np.ndarray, scale: int = 4, pad: int = 1) -> np.ndarray:
+    """Rows×columns of H×W×1 images in [0, 1] as one grey image, each pixel scale×scale."""
+    rows, cols, height, width = images.shape[:4]
+    tile_h, tile_w = height * scale + pad, width * scale + pad
+    grid = np.ones((rows * tile_h + pad, cols * tile_w + pad), dtype=np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            tile = np.kron(np.clip(images[r, c, ..., 0], 0, 1), np.ones((scale, scale)))
+            top, left = pad + r * tile_h, pad + c * tile_w
+            grid[top : top + height * scale, left : left + width * scale] = tile
+    return grid
+
+
+def save_grid_png(path: Path, images: np.ndarray, scale: int = 4) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, image_grid(images, scale), cmap="gray", vmin=0.0, vmax=1.0, format="png")
