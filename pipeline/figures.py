@@ -30,3 +30,31 @@ def save_grid_png(path: Path, images: np.ndarray, scale: int = 4) -> None:
 
     with atomic_path(path) as tmp:
         plt.imsave(tmp, image_grid(images, scale), cmap="gray", vmin=0.0, vmax=1.0, format="png")
+
+
+def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
+    """Size (gzipped KiB, log scale) against test accuracy, one labelled point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for point in points:
+        axes.scatter(point["size_gzip_kib"], point["accuracy"], s=36)
+        axes.annotate(
+            point["variant"],
+            (point["size_gzip_kib"], point["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("size, gzipped (KiB, log scale)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)

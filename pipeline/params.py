@@ -150,6 +150,21 @@ class GanParams(Strict):
     probe_epochs: int = Field(30, ge=1)  # the small GAN-train / GAN-test classifier
 
 
+class CompressParams(Strict):
+    """Pruning, quantization-aware training and TFLite conversion (tfmot + TFLite)."""
+
+    target_sparsity: float = Field(0.8, gt=0, lt=1)
+    prune_epochs: int = Field(30, ge=1)  # fine-tuning while the mask grows, then holds
+    prune_ramp_fraction: float = Field(0.6, gt=0, le=1)  # share of fine-tuning spent ramping up
+    prune_frequency: int = Field(20, ge=1)  # steps between mask updates
+    prune_learning_rate: float = Field(5e-4, gt=0, le=1)
+    qat_epochs: int = Field(10, ge=1)  # enough steps for the activation ranges to settle
+    qat_learning_rate: float = Field(1e-4, gt=0, le=1)
+    representative_samples: int = Field(200, ge=1)  # int8 calibration images from train
+    latency_runs: int = Field(200, ge=10)  # single-image calls timed per model
+    throughput_batch: int = Field(64, ge=1)
+
+
 class TrackingParams(Strict):
     # MLflow experiment; empty means "named after the dataset" (data.source).
     experiment: str | None = None
@@ -161,6 +176,7 @@ class Params(Strict):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
     gan: GanParams = GanParams()
+    compress: CompressParams = CompressParams()
     mlflow: TrackingParams = TrackingParams()
 
     @property

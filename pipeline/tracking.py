@@ -140,6 +140,45 @@ def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iter
         yield run.info.run_id
 
 
+@contextlib.contextmanager
+def stage_run(lineage_run_id: str, stage: str, tags: Mapping[str, Any]) -> Iterator[str]:
+    """A child run of a model's lineage run for one execution of a later stage.
+
+    MLflow params are immutable, and a stage can rerun with new params on the same model: each
+    execution gets its own child run for params and details, while the stage copies its
+    headline metrics onto the lineage run, where the compare view finds them.
+    """
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        parent = client.get_run(lineage_run_id)
+        child = client.create_run(
+            parent.info.experiment_id,
+            run_name=f"{parent.info.run_name}-{stage}",
+            tags={
+                "mlflow.parentRunId": lineage_run_id,
+                "dvc_stage": stage,
+                **git_state(),
+                **{k: str(v) for k, v in tags.items()},
+            },
+        )
+    except Exception as error:
+        reason = _CREDENTIALS.sub("//***@", str(error).splitlines()[0])[:300]
+        raise PipelineError(
+            f"MLflow lineage run {lineage_run_id} in {redact(uri)} unavailable: {reason}"
+        ) from None
+    status = "FAILED"
+    try:
+        yield child.info.run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(child.info.run_id, status)
+
+
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     items = [Param(key, _param_value(value)) for key, value in sorted(params.items())]
     client = MlflowClient()

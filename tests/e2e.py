@@ -21,6 +21,13 @@ TINY_TRAIN = {
     "cnn": {"filters": [8, 16], "dense_units": [32], "batch_norm": False},
     "lstm": {"units": [32], "dense_units": []},
 }
+TINY_COMPRESS = {
+    "prune_epochs": 2,
+    "prune_frequency": 5,
+    "qat_epochs": 1,
+    "representative_samples": 20,
+    "latency_runs": 10,
+}
 TINY_GAN = {
     "latent_dim": 16,
     "generator_widths": [32, 16],

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e import TINY_GAN, TINY_TRAIN, commit, copy_project, run, update_params
+from tests.e2e import (
+    TINY_COMPRESS,
+    TINY_GAN,
+    TINY_TRAIN,
+    commit,
+    copy_project,
+    run,
+    update_params,
+)
 
 pytestmark = pytest.mark.slow
 MODELS = ("fnn", "cnn", "lstm")
@@ -18,7 +26,7 @@ MODELS = ("fnn", "cnn", "lstm")
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("project"))
-    update_params(root, {"train": TINY_TRAIN, "gan": TINY_GAN})
+    update_params(root, {"train": TINY_TRAIN, "gan": TINY_GAN, "compress": TINY_COMPRESS})
     commit(root, "tiny params")
     result = run(root, "dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -44,7 +52,8 @@ def lineage_runs(project: Path) -> dict:
     experiment = client.get_experiment_by_name("digits")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return {run.info.run_id: run for run in runs}
+    # Later stages record each execution as a child run of the lineage: count lineages only.
+    return {r.info.run_id: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
 
 
 def test_repro_writes_every_declared_output(project: Path):
@@ -176,6 +185,47 @@ def test_generate_writes_data_the_pipeline_ingests(project: Path):
     )
 
 
+def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
+    client = mlflow_client(project)
+    for name in MODELS:
+        report = read(project / f"reports/compress/{name}.json")
+        variants = report["variants"]
+        assert set(variants) == {
+            "float32",
+            "dynamic_range",
+            "int8",
+            "pruned",
+            "pruned_int8",
+            "qat_int8",
+            "pruned_qat_int8",
+        }
+        files = {p.name for p in (project / f"models/compressed/{name}").iterdir()}
+        supported = {v for v, r in variants.items() if r["supported"]}
+        assert files == {f"{v}.tflite" for v in supported} | {"pruned.keras"}
+        assert {"float32", "int8", "pruned_int8"} <= supported
+        if name == "lstm":  # tfmot's QAT has no LSTM support: recorded with its reason
+            assert not variants["qat_int8"]["supported"]
+            assert "not supported" in variants["qat_int8"]["reason"]
+        for variant in supported:
+            assert 0.0 <= variants[variant]["accuracy"] <= 1.0
+            assert variants[variant]["speed"]["latency_ms_median"] > 0
+        assert variants["int8"]["dtypes"]["input"] == ["int8"]
+        assert (project / f"reports/compress/{name}_tradeoff.png").stat().st_size > 1000
+        csv_lines = (project / f"reports/compress/{name}_tradeoff.csv").read_text().splitlines()
+        assert csv_lines[0] == "variant,size_gzip_kib,accuracy"
+        assert len(csv_lines) == 2 + len(supported)
+        lineage = read(project / f"models/{name}/lineage.json")["run_id"]
+        metrics = client.get_run(lineage).data.metrics
+        assert metrics["compress.int8.accuracy"] == pytest.approx(variants["int8"]["accuracy"])
+        children = client.search_runs(
+            [client.get_run(lineage).info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{lineage}'",
+        )
+        assert [c.data.tags["dvc_stage"] for c in children] == ["compress"]
+        assert children[0].info.status == "FINISHED"
+        assert children[0].data.params["compress.prune_epochs"] == "2"
+
+
 def test_noop_repro_runs_no_stage(project: Path):
     result = run(project, "dvc", "repro")
     assert result.returncode == 0
@@ -216,6 +266,8 @@ def test_mlflow_project_entry_point_reruns_what_changed(project: Path):
     assert "Running stage 'train@fnn'" in result.stdout
     assert "Running stage 'train@cnn'" not in result.stdout
     assert "Running stage 'gan'" not in result.stdout  # the GAN depends on the CNN only
+    assert "Running stage 'compress@fnn'" in result.stdout
+    assert "Running stage 'compress@cnn'" not in result.stdout
     new = [run_ for run_id, run_ in lineage_runs(project).items() if run_id not in before]
     assert [r.info.run_name for r in new] == ["fnn"]
     assert new[0].data.params["model.dropout"] == "0.1"

@@ -1,0 +1,369 @@
+"""Model compression with tensorflow-model-optimization, and TFLite models run through LiteRT.
+
+Pure functions: a float tf_keras classifier and arrays in, compressed models and numbers out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
+
+from pipeline.params import CompressParams, OptimizerParams, TrainCommon
+from pipeline.training import compile_classifier, encode_labels, make_deterministic
+
+Quantization = Literal["none", "dynamic", "int8"]
+# Layers whose kernels pruning acts on (and whose sparsity is measured).
+PRUNABLE = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.LSTM)
+
+
+@dataclass
+class Variant:
+    """One compressed form of a model: a TFLite flatbuffer, or the reason it could not be made."""
+
+    name: str
+    description: str
+    tflite: bytes | None = None
+    source: keras.Model | None = None  # the Keras model it was converted from
+    unsupported: str | None = None
+
+
+def clone(model: keras.Model) -> keras.Model:
+    """A copy with the same weights: tfmot's wrappers reuse a model's layers in place."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def to_tflite(
+    model: keras.Model, quantization: Quantization, representative: np.ndarray | None = None
+) -> bytes:
+    """Convert with TFLite: float, dynamic-range (int8 weights), or full int8 with int8 I/O."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantization != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "int8":
+        if representative is not None:
+            converter.representative_dataset = lambda: ([x[None]] for x in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _fine_tune(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    learning_rate: float,
+    common: TrainCommon,
+    num_classes: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> None:
+    """A fixed number of epochs, no early stopping: a pruning schedule must run to its end."""
+    compile_classifier(model, OptimizerParams(name="adam", learning_rate=learning_rate), common)
+    model.fit(
+        train[0],
+        encode_labels(train[1], common, num_classes),
+        epochs=epochs,
+        batch_size=common.batch_size,
+        shuffle=True,
+        callbacks=callbacks or [],
+        verbose=0,
+    )
+
+
+def prune(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    p: CompressParams,
+    common: TrainCommon,
+    num_classes: int,
+) -> keras.Model:
+    """Magnitude pruning to p.target_sparsity along a polynomial schedule, then strip_pruning."""
+    steps = int(np.ceil(len(train[0]) / common.batch_size)) * p.prune_epochs
+    # The schedule only reaches its final sparsity when its span is a multiple of the frequency.
+    end_step = max(
+        p.prune_frequency,
+        int(steps * p.prune_ramp_fraction) // p.prune_frequency * p.prune_frequency,
+    )
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=p.target_sparsity,
+        begin_step=0,
+        end_step=end_step,
+        frequency=p.prune_frequency,
+    )
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(clone(model), pruning_schedule=schedule)
+    _fine_tune(
+        pruned,
+        train,
+        p.prune_epochs,
+        p.prune_learning_rate,
+        common,
+        num_classes,
+        [tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def quantization_aware(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    p: CompressParams,
+    common: TrainCommon,
+    num_classes: int,
+    preserve_sparsity: bool = False,
+) -> keras.Model:
+    """QAT fine-tuning; with preserve_sparsity, tfmot's pruning-preserving scheme keeps the
+    pruned zeros through quantization (collaborative optimization)."""
+    quantize = tfmot.quantization.keras
+    if preserve_sparsity:
+        annotated = quantize.quantize_annotate_model(clone(model))
+        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        qat = quantize.quantize_apply(annotated, scheme)
+    else:
+        qat = quantize.quantize_model(clone(model))
+    _fine_tune(qat, train, p.qat_epochs, p.qat_learning_rate, common, num_classes)
+    return qat
+
+
+def weight_sparsity(model: keras.Model) -> float:
+    """Share of exact zeros among the kernels of Dense, Conv2D and LSTM layers."""
+    zeros = total = 0
+    for layer in _leaf_layers(model):
+        inner = getattr(layer, "layer", layer)  # QAT wraps layers
+        if not isinstance(inner, PRUNABLE):
+            continue
+        for weight in layer.weights:
+            if "kernel" in weight.name and "quantize" not in weight.name:
+                values = weight.numpy()
+                zeros += int((values == 0).sum())
+                total += values.size
+    return zeros / total if total else 0.0
+
+
+def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    leaves = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            leaves += [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, keras.Model):
+            leaves += _leaf_layers(layer)
+        else:
+            leaves.append(layer)
+    return leaves
+
+
+def short_reason(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def attempt(name: str, description: str, make: Callable[[], tuple[bytes, keras.Model]]) -> Variant:
+    """Build a variant; an architecture tfmot or the converter does not support is recorded
+    with the library's own reason instead of failing the stage."""
+    try:
+        tflite, source = make()
+    except Exception as error:  # tfmot/TFLite raise many types for "unsupported"
+        return Variant(name, description, unsupported=short_reason(error))
+    return Variant(name, description, tflite=tflite, source=source)
+
+
+class TFLiteModel:
+    """A TFLite flatbuffer run through the LiteRT interpreter, as a deployed model would be."""
+
+    def __init__(self, content: bytes, threads: int = 1) -> None:
+        self.content, self.threads = content, threads
+        self._interpreters: dict[int, Interpreter] = {}
+
+    def interpreter(self, batch: int) -> Interpreter:
+        if batch not in self._interpreters:
+            interpreter = Interpreter(model_content=self.content, num_threads=self.threads)
+            index = interpreter.get_input_details()[0]["index"]
+            shape = interpreter.get_input_details()[0]["shape"]
+            if shape[0] != batch:
+                interpreter.resize_tensor_input(index, [batch, *shape[1:]])
+            interpreter.allocate_tensors()
+            self._interpreters[batch] = interpreter
+        return self._interpreters[batch]
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self.interpreter(1).get_input_details()[0]["dtype"]
+
+    def _quantize_input(self, interpreter: Interpreter, x: np.ndarray) -> np.ndarray:
+        detail = interpreter.get_input_details()[0]
+        if detail["dtype"] == np.float32:
+            return x.astype(np.float32)
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+    def _dequantize_output(self, interpreter: Interpreter, y: np.ndarray) -> np.ndarray:
+        detail = interpreter.get_output_details()[0]
+        if detail["dtype"] == np.float32:
+            return y
+        scale, zero = detail["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        interpreter = self.interpreter(len(x))
+        interpreter.set_tensor(
+            interpreter.get_input_details()[0]["index"], self._quantize_input(interpreter, x)
+        )
+        interpreter.invoke()
+        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        return self._dequantize_output(interpreter, out)
+
+    def predict(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Class scores for every image, in fixed-size batches (the last one padded)."""
+        outputs = []
+        for start in range(0, len(x), batch):
+            chunk = x[start : start + batch]
+            padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *x.shape[1:]), x.dtype)])
+            outputs.append(self.invoke(padded)[: len(chunk)])
+        return np.concatenate(outputs)
+
+
+def latency_stats(
+    call: Callable[[np.ndarray], Any], images: np.ndarray, runs: int, batch: int
+) -> dict[str, float]:
+    """Median and p95 milliseconds per single image, and images/s at `batch` (same process)."""
+    for image in images[:5]:
+        call(image[None])  # warm-up: first calls build graphs and allocate
+    single = []
+    for i in range(runs):
+        image = images[i % len(images)][None]
+        start = time.perf_counter()
+        call(image)
+        single.append(time.perf_counter() - start)
+    batch_x = np.resize(images, (batch, *images.shape[1:]))
+    call(batch_x)
+    rounds, start = max(3, runs // 20), time.perf_counter()
+    for _ in range(rounds):
+        call(batch_x)
+    elapsed = time.perf_counter() - start
+    return {
+        "latency_ms_median": float(np.median(single) * 1e3),
+        "latency_ms_p95": float(np.percentile(single, 95) * 1e3),
+        "throughput_per_s": float(rounds * batch / elapsed),
+    }
+
+
+def keras_callers(model: keras.Model) -> dict[str, Callable[[np.ndarray], Any]]:
+    """The float Keras model called three ways: `predict`, eagerly, and under tf.function."""
+    compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return {
+        "keras_predict": lambda x: model.predict(x, verbose=0),
+        "keras_call": lambda x: model(x, training=False).numpy(),
+        "keras_tf_function": lambda x: compiled(tf.constant(x)).numpy(),
+    }
+
+
+def sizes(content: bytes) -> dict[str, int]:
+    return {"size_bytes": len(content), "size_gzip_bytes": len(gzip.compress(content, 9))}
+
+
+def tensor_dtypes(content: bytes) -> dict[str, list[str]]:
+    """Input, output and weight-tensor dtypes as the interpreter reports them."""
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+
+    def names(details: list[dict]) -> list[str]:
+        return sorted({np.dtype(d["dtype"]).name for d in details})
+
+    inputs = {d["index"] for d in interpreter.get_input_details()}
+    outputs = {d["index"] for d in interpreter.get_output_details()}
+    weights = [
+        d
+        for d in interpreter.get_tensor_details()
+        if d["index"] not in inputs | outputs and len(d["shape"]) >= 2
+    ]
+    return {
+        "input": names(interpreter.get_input_details()),
+        "output": names(interpreter.get_output_details()),
+        "weights": names(weights),
+    }
+
+
+def make_variants(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    p: CompressParams,
+    common: TrainCommon,
+    num_classes: int,
+    seed: int,
+) -> list[Variant]:
+    """Every compressed form of `model`; unsupported ones carry their reason."""
+    rng = np.random.default_rng(seed)
+    representative = train[0][
+        rng.choice(len(train[0]), min(p.representative_samples, len(train[0])), replace=False)
+    ]
+    make_deterministic(seed)
+    variants = [
+        attempt(
+            "float32", "float32 TFLite (the reference)", lambda: (to_tflite(model, "none"), model)
+        ),
+        attempt(
+            "dynamic_range",
+            "post-training dynamic-range quantization (int8 weights)",
+            lambda: (to_tflite(model, "dynamic"), model),
+        ),
+        attempt(
+            "int8",
+            "post-training full-integer quantization, int8 in/out",
+            lambda: (to_tflite(model, "int8", representative), model),
+        ),
+    ]
+    pruned = prune(model, train, p, common, num_classes)
+    variants += [
+        attempt(
+            "pruned",
+            f"pruned to {p.target_sparsity:.0%} sparsity, float TFLite",
+            lambda: (to_tflite(pruned, "none"), pruned),
+        ),
+        attempt(
+            "pruned_int8",
+            "pruned, then full-integer int8 (smallest deployable)",
+            lambda: (to_tflite(pruned, "int8", representative), pruned),
+        ),
+    ]
+    make_deterministic(seed)
+    variants.append(
+        attempt(
+            "qat_int8",
+            "quantization-aware training, int8 TFLite",
+            lambda: _qat(model, train, p, common, num_classes, representative, False),
+        )
+    )
+    make_deterministic(seed)
+    variants.append(
+        attempt(
+            "pruned_qat_int8",
+            "pruning-preserving QAT (collaborative optimization), int8 TFLite",
+            lambda: _qat(pruned, train, p, common, num_classes, representative, True),
+        )
+    )
+    return variants
+
+
+def _qat(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    p: CompressParams,
+    common: TrainCommon,
+    num_classes: int,
+    representative: np.ndarray,
+    preserve_sparsity: bool,
+) -> tuple[bytes, keras.Model]:
+    qat = quantization_aware(model, train, p, common, num_classes, preserve_sparsity)
+    return to_tflite(qat, "int8", representative), qat

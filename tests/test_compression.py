@@ -1,0 +1,102 @@
+"""Compression on small real models (digits), through the real LiteRT interpreter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.compress import markdown_table, measure, target_checks
+from pipeline.compression import (
+    TFLiteModel,
+    make_variants,
+    prune,
+    tensor_dtypes,
+    to_tflite,
+    weight_sparsity,
+)
+from pipeline.models import build_classifier
+from pipeline.params import CompressParams, TrainCommon, parse_params
+from pipeline.training import compile_classifier, fit_classifier, make_deterministic
+
+COMMON = TrainCommon(epochs=3, batch_size=64, early_stopping_patience=3)
+
+
+def trained(name: str, digits_prepared, **block):
+    params = parse_params({"train": {name: block}})
+    make_deterministic(0)
+    model = build_classifier(name, params.train, (8, 8, 1), 10)
+    compile_classifier(model, params.train.model(name).optimizer, COMMON)
+    fit_classifier(model, digits_prepared["train"], digits_prepared["val"], COMMON, 10, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def small_cnn(request):
+    digits = request.getfixturevalue("digits_prepared")
+    return trained("cnn", digits, filters=[8, 16], dense_units=[32]), digits
+
+
+@pytest.fixture(scope="module")
+def digits_prepared():
+    from pipeline.datasets import load_digits, scale_pixels
+    from tests.conftest import make_prepared
+
+    raw = load_digits()
+    return make_prepared(scale_pixels(raw.x, raw.pixel_max), raw.y, seed=42)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8])
+def test_pruned_sparsity_is_within_one_percent_of_target(small_cnn, target):
+    model, digits = small_cnn
+    p = CompressParams(target_sparsity=target, prune_epochs=2, prune_frequency=5)
+    pruned = prune(model, digits["train"], p, COMMON, 10)
+    assert abs(weight_sparsity(pruned) - target) <= 0.01
+    assert weight_sparsity(model) < 0.01  # the original is untouched (tfmot prunes in place)
+
+
+def test_int8_model_tensors_really_are_int8(small_cnn):
+    model, digits = small_cnn
+    content = to_tflite(model, "int8", digits["train"][0][:50])
+    dtypes = tensor_dtypes(content)
+    assert dtypes["input"] == ["int8"] and dtypes["output"] == ["int8"]
+    assert "int8" in dtypes["weights"] and "float32" not in dtypes["weights"]
+    assert tensor_dtypes(to_tflite(model, "none"))["weights"] == ["float32"]
+
+
+def test_interpreter_accuracy_matches_keras_for_the_same_model(small_cnn):
+    model, digits = small_cnn
+    x, y = digits["test"]
+    keras_probs = model.predict(x, verbose=0)
+    tflite_probs = TFLiteModel(to_tflite(model, "none")).predict(x, batch=64)
+    np.testing.assert_allclose(tflite_probs, keras_probs, atol=1e-4)
+    assert np.mean(tflite_probs.argmax(1) == y) == np.mean(keras_probs.argmax(1) == y)
+    # int8 through the interpreter (quantized I/O handled) stays close to float.
+    int8 = TFLiteModel(to_tflite(model, "int8", digits["train"][0][:200])).predict(x)
+    assert abs(np.mean(int8.argmax(1) == y) - np.mean(keras_probs.argmax(1) == y)) < 0.03
+
+
+def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_path):
+    lstm = trained("lstm", digits_prepared, units=[32], dense_units=[])
+    p = CompressParams(
+        prune_epochs=1, prune_frequency=5, qat_epochs=1, representative_samples=20, latency_runs=10
+    )
+    variants = make_variants(lstm, digits_prepared["train"], p, COMMON, 10, seed=0)
+    by_name = {v.name: v for v in variants}
+    assert by_name["qat_int8"].unsupported and "not supported" in by_name["qat_int8"].unsupported
+    assert by_name["float32"].tflite and by_name["int8"].tflite and by_name["pruned_int8"].tflite
+    lstm.save(tmp_path / "model.keras")
+    report = measure(variants, lstm, tmp_path / "model.keras", digits_prepared["test"], 10, 16)
+    assert report["variants"]["qat_int8"] == {
+        "supported": False,
+        "description": by_name["qat_int8"].description,
+        "reason": by_name["qat_int8"].unsupported,
+    }
+    variants_report = report["variants"]
+    assert (
+        variants_report["float32"]["accuracy"]
+        == variants_report["float32"]["source_keras_accuracy"]
+    )
+    assert abs(variants_report["int8"]["accuracy"] - variants_report["float32"]["accuracy"]) < 0.1
+    report["targets"] = target_checks(report)
+    assert "qat_int8_loss_points_vs_float_tflite" not in report["targets"]
+    assert "unsupported: " in markdown_table("lstm", report)
