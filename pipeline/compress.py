@@ -235,13 +235,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from pipeline.compression import make_variants
     from pipeline.gan import load_keras
+    from pipeline.models import build_classifier
 
     model = load_keras(keras_file)
     p, common = params.compress, params.train.common
     num_classes = int(prepared.manifest["num_classes"])
     with tracking.stage_run(lineage["run_id"], "compress", {"model_family": name}) as child:
         tracking.log_params(child, {"seed": params.seed, **flatten(p, "compress")})
-        variants = make_variants(model, prepared["train"], p, common, num_classes, params.seed)
+        # The same architecture without batch norm, for folding before pruning-preserving QAT.
+        plain_params = params.train.model_copy(
+            update={name: params.train.model(name).model_copy(update={"batch_norm": False})}
+        )
+        variants = make_variants(
+            model,
+            prepared["train"],
+            p,
+            common,
+            num_classes,
+            params.seed,
+            build_plain=lambda: build_classifier(
+                name, plain_params, prepared.image_shape, num_classes
+            ),
+        )
         report = measure(
             variants, model, keras_file, prepared["test"], p.latency_runs, p.throughput_batch
         )

@@ -136,6 +136,30 @@ def quantization_aware(
     return qat
 
 
+def fold_batch_norm(model: keras.Model, plain: keras.Model) -> keras.Model:
+    """`plain` (the same architecture built without batch norm, with biases) given the weights
+    of `model` with each batch norm folded into the layer before it: kernel * gamma/sigma,
+    bias = beta - mean * gamma/sigma. Same function at inference; zeros stay zeros."""
+    names = {layer.name for layer in model.layers}
+    for layer in plain.layers:
+        if not layer.weights:
+            continue
+        source = model.get_layer(layer.name)
+        norm_name = f"{layer.name.rsplit('_', 1)[0]}_bn"  # e.g. conv0_conv -> conv0_bn
+        if norm_name not in names:
+            layer.set_weights(source.get_weights())
+            continue
+        norm = model.get_layer(norm_name)
+        gamma, beta, mean, variance = norm.get_weights()
+        scale = gamma / np.sqrt(variance + norm.epsilon)
+        layer.set_weights([source.get_weights()[0] * scale, beta - mean * scale])
+    return plain
+
+
+def has_batch_norm(model: keras.Model) -> bool:
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
 def weight_sparsity(model: keras.Model) -> float:
     """Share of exact zeros among the kernels of Dense, Conv2D and LSTM layers."""
     zeros = total = 0
@@ -302,8 +326,14 @@ def make_variants(
     common: TrainCommon,
     num_classes: int,
     seed: int,
+    build_plain: Callable[[], keras.Model] | None = None,
 ) -> list[Variant]:
-    """Every compressed form of `model`; unsupported ones carry their reason."""
+    """Every compressed form of `model`; unsupported ones carry their reason.
+
+    `build_plain` builds the same architecture without batch norm: pruning-preserving QAT
+    starts from the batch-norm-folded pruned model, because with unfolded batch norm its TFLite
+    conversion diverged from the Keras model (CNN on digits: 0.992 in Keras, 0.950 in TFLite;
+    folded first: 0.986 in both)."""
     rng = np.random.default_rng(seed)
     representative = train[0][
         rng.choice(len(train[0]), min(p.representative_samples, len(train[0])), replace=False)
@@ -345,12 +375,15 @@ def make_variants(
             lambda: _qat(model, train, p, common, num_classes, representative, False),
         )
     )
+    fold = build_plain is not None and has_batch_norm(pruned)
+    pqat_source = fold_batch_norm(pruned, build_plain()) if fold else pruned  # type: ignore[misc]
     make_deterministic(seed)
     variants.append(
         attempt(
             "pruned_qat_int8",
-            "pruning-preserving QAT (collaborative optimization), int8 TFLite",
-            lambda: _qat(pruned, train, p, common, num_classes, representative, True),
+            "pruning-preserving QAT (collaborative optimization), int8 TFLite"
+            + (", batch norm folded first" if fold else ""),
+            lambda: _qat(pqat_source, train, p, common, num_classes, representative, True),
         )
     )
     return variants

@@ -100,3 +100,25 @@ def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_pat
     report["targets"] = target_checks(report)
     assert "qat_int8_loss_points_vs_float_tflite" not in report["targets"]
     assert "unsupported: " in markdown_table("lstm", report)
+
+
+def test_batch_norm_folding_keeps_the_function_and_the_zeros(digits_prepared):
+    from pipeline.compression import fold_batch_norm, has_batch_norm
+
+    block = {"filters": [8, 16], "dense_units": [32], "batch_norm": True}
+    model = trained("cnn", digits_prepared, **block)
+    pruned = prune(
+        model,
+        digits_prepared["train"],
+        CompressParams(target_sparsity=0.5, prune_epochs=1, prune_frequency=5),
+        COMMON,
+        10,
+    )
+    plain_params = parse_params({"train": {"cnn": {**block, "batch_norm": False}}}).train
+    folded = fold_batch_norm(pruned, build_classifier("cnn", plain_params, (8, 8, 1), 10))
+    assert has_batch_norm(pruned) and not has_batch_norm(folded)
+    x = digits_prepared["test"][0]
+    np.testing.assert_allclose(
+        folded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5
+    )
+    assert abs(weight_sparsity(folded) - weight_sparsity(pruned)) < 1e-6
