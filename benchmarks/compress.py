@@ -15,8 +15,8 @@ import numpy as np
 
 from pipeline.compress import COMPRESSED_DIR, REPORTS, target_checks
 from pipeline.compression import TFLiteModel, keras_callers, latency_stats
-from pipeline.gan import load_keras
 from pipeline.io import write_json
+from pipeline.models import load_keras
 from pipeline.prepared import load_prepared
 from pipeline.train import MODEL_FILE, MODELS_DIR
 from tests.conftest import REPO

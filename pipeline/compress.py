@@ -234,8 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lineage = read_json(MODELS_DIR / name / LINEAGE_FILE)
 
     from pipeline.compression import make_variants
-    from pipeline.gan import load_keras
-    from pipeline.models import build_classifier
+    from pipeline.models import build_classifier, load_keras
 
     model = load_keras(keras_file)
     p, common = params.compress, params.train.common

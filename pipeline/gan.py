@@ -16,11 +16,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import tracking
-from pipeline.cli import PipelineError, run_stage, stage_parser
+from pipeline.cli import run_stage, stage_parser
 from pipeline.figures import save_grid_png
 from pipeline.gan_metrics import agreement, balanced_labels, coverage, frechet_distance
 from pipeline.io import atomic_path, read_json, write_json
-from pipeline.models import build_classifier, build_discriminator, build_generator
+from pipeline.models import build_classifier, build_discriminator, build_generator, load_keras
 from pipeline.params import (
     CNNParams,
     GanParams,
@@ -208,16 +208,6 @@ def judge(
         ),
         "generated_per_class": p.eval_per_class,
     }
-
-
-def load_keras(path: Path) -> keras.Model:
-    """Load a Keras model file in safe mode (no arbitrary code); one-line error if unusable."""
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: model file not found") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise PipelineError(f"{path}: cannot load the model ({type(error).__name__})") from None
 
 
 def lineage_params(params: Params) -> dict[str, Any]:

@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out.suffix != ".npz":
         raise PipelineError(f"--out must name an .npz file (got {args.out})")
 
-    from pipeline.gan import generate, load_keras  # TensorFlow only once the arguments are sane
+    from pipeline.gan import generate  # TensorFlow only once the arguments are sane
+    from pipeline.models import load_keras
 
     generator = load_keras(args.generator)
     num_classes = generator.get_layer("label_embedding").input_dim

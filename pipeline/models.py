@@ -6,6 +6,8 @@ later stages (compress, evaluate, serving) treat all families alike.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tf_keras as keras
 
@@ -183,3 +185,13 @@ def build_discriminator(
     x = keras.layers.Flatten(name="flatten")(x)
     logit = keras.layers.Dense(1, name="logit")(x)
     return keras.Model([image, label], logit, name="discriminator")
+
+
+def load_keras(path: Path) -> keras.Model:
+    """Load a Keras model file in safe mode (no arbitrary code); one-line error if unusable."""
+    if not Path(path).is_file():
+        raise PipelineError(f"{path}: model file not found; run the stage that makes it")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PipelineError(f"{path}: cannot load the model ({type(error).__name__})") from None

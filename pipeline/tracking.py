@@ -67,6 +67,12 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def unavailable(uri: str, error: BaseException) -> str:
+    """`<uri> unavailable: <first line of the error>`, with credentials removed from both."""
+    reason = _CREDENTIALS.sub("//***@", str(error).splitlines()[0] if str(error) else "")
+    return f"{redact(uri)} unavailable: {reason[:300]}"
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -134,8 +140,7 @@ def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iter
         experiment_id = ensure_experiment(MlflowClient(uri), experiment)
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags)
     except Exception as error:
-        reason = _CREDENTIALS.sub("//***@", str(error).splitlines()[0])[:300]
-        raise PipelineError(f"MLflow tracking store {redact(uri)} unavailable: {reason}") from None
+        raise PipelineError(f"MLflow tracking store {unavailable(uri, error)}") from None
     with run:
         yield run.info.run_id
 
@@ -164,9 +169,8 @@ def stage_run(lineage_run_id: str, stage: str, tags: Mapping[str, Any]) -> Itera
             },
         )
     except Exception as error:
-        reason = _CREDENTIALS.sub("//***@", str(error).splitlines()[0])[:300]
         raise PipelineError(
-            f"MLflow lineage run {lineage_run_id} in {redact(uri)} unavailable: {reason}"
+            f"MLflow lineage run {lineage_run_id} in {unavailable(uri, error)}"
         ) from None
     status = "FAILED"
     try:

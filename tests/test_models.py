@@ -87,3 +87,19 @@ def test_optimizers_from_params(params, kind):
     assert float(optimizer.learning_rate) == pytest.approx(params["learning_rate"])
     if "momentum" in params:
         assert float(optimizer.momentum) == pytest.approx(params["momentum"])
+
+
+def test_load_keras_round_trip_and_one_line_errors(tmp_path):
+    from pipeline.cli import PipelineError
+    from pipeline.models import load_keras
+
+    model = build_classifier("fnn", train_params(fnn={"hidden_units": [4]}), (8, 8, 1), 10)
+    model.save(tmp_path / "model.keras")
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    np.testing.assert_allclose(load_keras(tmp_path / "model.keras")(x), model(x), atol=1e-6)
+    with pytest.raises(PipelineError, match="missing.keras: model file not found"):
+        load_keras(tmp_path / "missing.keras")
+    data = (tmp_path / "model.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match="cut.keras: cannot load the model"):
+        load_keras(tmp_path / "cut.keras")
