@@ -17,6 +17,7 @@ from pipeline.compress import COMPRESSED_DIR, REPORTS, target_checks
 from pipeline.compression import TFLiteModel, keras_callers, latency_stats
 from pipeline.io import write_json
 from pipeline.models import load_keras
+from pipeline.params import load_params
 from pipeline.prepared import load_prepared
 from pipeline.train import MODEL_FILE, MODELS_DIR
 from tests.conftest import REPO
@@ -35,7 +36,7 @@ def main() -> None:
         keras_fn = latency_stats(keras_callers(model)["keras_tf_function"], x, RUNS, 64)
         tflite = latency_stats(int8.invoke, x, RUNS, 64)
         ratio = keras_fn["latency_ms_median"] / tflite["latency_ms_median"]
-        checks = target_checks(report)
+        checks = target_checks(report, load_params().compress.target_sparsity)
         checks["latency_ratio_tf_function_to_int8"] = {
             "variant": "int8",
             "value": ratio,

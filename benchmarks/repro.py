@@ -2,6 +2,9 @@
 `dvc repro`, with default params on the embedded digits. Prints a table and writes
 reports/benchmarks/repro.json.
 
+The 4-minute target is the foundation's (ingest, validate, three classifiers): it is timed first
+(`dvc repro train`), then the rest of the DAG (GAN, compression), then a no-op run.
+
     python -m benchmarks.repro
 """
 
@@ -19,7 +22,7 @@ from tests.conftest import REPO
 from tests.e2e import copy_project, run
 
 OUTPUT = REPO / "reports/benchmarks/repro.json"
-TARGETS_S = {"cold_repro": 240.0, "noop_repro": 3.0}
+TARGETS_S = {"cold_foundation": 240.0, "cold_rest_of_dag": None, "noop_repro": 3.0}
 
 
 def timed(project: Path, *command: str) -> float:
@@ -34,17 +37,20 @@ def timed(project: Path, *command: str) -> float:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-repro-") as folder:
         project = copy_project(Path(folder))
-        cold = timed(project, "dvc", "repro")
+        foundation = timed(project, "dvc", "repro", "train")
+        rest = timed(project, "dvc", "repro")
         noop = min(timed(project, "dvc", "repro") for _ in range(3))
         accuracy = {
             name: json.loads((project / f"reports/train/{name}.json").read_text())["test_accuracy"]
             for name in ("fnn", "cnn", "lstm")
         }
-    times = {"cold_repro": cold, "noop_repro": noop}
-    print(f"{'measure':<12} {'seconds':>9} {'target':>8}  ok")
+    times = {"cold_foundation": foundation, "cold_rest_of_dag": rest, "noop_repro": noop}
+    print(f"{'measure':<18} {'seconds':>9} {'target':>8}  ok")
     for key, seconds in times.items():
-        ok = "yes" if seconds < TARGETS_S[key] else "NO"
-        print(f"{key:<12} {seconds:9.2f} {TARGETS_S[key]:8.0f}  {ok}")
+        target = TARGETS_S[key]
+        verdict = "-" if target is None else ("yes" if seconds < target else "NO")
+        shown = "-" if target is None else f"{target:.0f}"
+        print(f"{key:<18} {seconds:9.2f} {shown:>8}  {verdict}")
     print("test accuracy:", ", ".join(f"{k} {v:.4f}" for k, v in accuracy.items()))
     write_json(
         OUTPUT,

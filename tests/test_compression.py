@@ -97,7 +97,7 @@ def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_pat
         == variants_report["float32"]["source_keras_accuracy"]
     )
     assert abs(variants_report["int8"]["accuracy"] - variants_report["float32"]["accuracy"]) < 0.1
-    report["targets"] = target_checks(report)
+    report["targets"] = target_checks(report, p.target_sparsity)
     assert "qat_int8_loss_points_vs_float_tflite" not in report["targets"]
     assert "unsupported: " in markdown_table("lstm", report)
 
@@ -122,3 +122,43 @@ def test_batch_norm_folding_keeps_the_function_and_the_zeros(digits_prepared):
         folded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5
     )
     assert abs(weight_sparsity(folded) - weight_sparsity(pruned)) < 1e-6
+
+
+def test_target_checks_flag_what_is_not_met():
+    speed = {"latency_ms_median": 0.05}
+
+    def variant(accuracy, sparsity=0.0, gzip=50_000):
+        return {
+            "supported": True,
+            "accuracy": accuracy,
+            "sparsity": sparsity,
+            "size_gzip_bytes": gzip,
+            "speed": speed,
+        }
+
+    report = {
+        "keras_float": {
+            "accuracy": 0.99,
+            "size_gzip_bytes": 200_000,
+            "speed": {"keras_tf_function": {"latency_ms_median": 1.0}},
+        },
+        "variants": {
+            "float32": variant(0.99),
+            "int8": variant(0.98),
+            "pruned": variant(0.985, 0.8),
+            "pruned_int8": variant(0.988, 0.8, 20_000),
+            "pruned_qat_int8": variant(0.99, 0.07, 34_000),
+            "qat_int8": {"supported": False, "reason": "x"},
+        },
+    }
+    checks = target_checks(report, 0.8)
+    assert {k: c["met"] for k, c in checks.items()} == {
+        "pruning_loss_points": True,  # 0.5 points
+        "int8_loss_points_vs_float_tflite": False,  # 1.0 point > 0.5
+        "pruned_int8_loss_points_vs_float_tflite": True,
+        "pruned_qat_int8_loss_points_vs_float_tflite": True,
+        "pruned_qat_int8_sparsity": False,  # 0.07, not 0.8
+        "gzip_ratio_keras_to_pruned_int8": True,  # 10x
+        "latency_ratio_tf_function_to_int8": True,  # 20x
+    }
+    assert checks["int8_loss_points_vs_float_tflite"]["value"] == pytest.approx(1.0)
