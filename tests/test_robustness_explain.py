@@ -1,0 +1,145 @@
+"""Attacks, calibration, corruptions and attributions on small real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from pipeline.explain import (
+    deletion_curve,
+    grad_cam,
+    integrated_gradients,
+    occlusion,
+    smoothgrad,
+    vanilla_gradients,
+)
+from pipeline.models import build_classifier
+from pipeline.params import TrainCommon, parse_params
+from pipeline.robustness import (
+    calibration,
+    fgsm,
+    gaussian_noise,
+    occlude,
+    pgd,
+    rotate,
+    shift,
+)
+from pipeline.training import compile_classifier, fit_classifier, make_deterministic
+
+COMMON = TrainCommon(epochs=4, batch_size=64, early_stopping_patience=4)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from pipeline.datasets import load_digits, scale_pixels
+    from tests.conftest import make_prepared
+
+    raw = load_digits()
+    return make_prepared(scale_pixels(raw.x, raw.pixel_max), raw.y, seed=42)
+
+
+@pytest.fixture(scope="module")
+def cnn(digits):
+    params = parse_params({"train": {"cnn": {"filters": [8, 16], "dense_units": [32]}}})
+    make_deterministic(0)
+    model = build_classifier("cnn", params.train, (8, 8, 1), 10)
+    compile_classifier(model, params.train.cnn.optimizer, COMMON)
+    fit_classifier(model, digits["train"], digits["val"], COMMON, 10, verbose=0)
+    return model
+
+
+def accuracy(model, x, y) -> float:
+    return float(np.mean(model.predict(x, verbose=0).argmax(1) == y))
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.05, 0.2])
+def test_attacks_stay_within_epsilon_and_the_pixel_range(cnn, digits, epsilon):
+    x, y = digits["test"]
+    for adversarial in (fgsm(cnn, x, y, epsilon), pgd(cnn, x, y, epsilon, steps=5)):
+        assert np.abs(adversarial - x).max() <= epsilon + 1e-6
+        assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(cnn, digits):
+    x, y = digits["test"]
+    clean = accuracy(cnn, x, y)
+    for epsilon in (0.05, 0.1, 0.2):
+        fgsm_accuracy = accuracy(cnn, fgsm(cnn, x, y, epsilon), y)
+        pgd_accuracy = accuracy(cnn, pgd(cnn, x, y, epsilon, steps=10), y)
+        assert pgd_accuracy <= fgsm_accuracy <= clean
+
+
+def test_fgsm_matches_a_plainly_written_reference(cnn, digits):
+    """The reference differentiates -log p(y) written out by hand, batch by batch."""
+    x, y = digits["test"]
+    epsilon = 0.1
+    reference = []
+    for start in range(0, len(x), 64):
+        images = tf.Variable(x[start : start + 64])
+        with tf.GradientTape() as tape:
+            probabilities = cnn(images, training=False)
+            picked = tf.reduce_sum(probabilities * tf.one_hot(y[start : start + 64], 10), axis=1)
+            loss = -tf.math.log(picked)
+        sign = np.sign(tape.gradient(loss, images).numpy())
+        reference.append(np.clip(x[start : start + 64] + epsilon * sign, 0.0, 1.0))
+    ours = accuracy(cnn, fgsm(cnn, x, y, epsilon), y)
+    theirs = accuracy(cnn, np.concatenate(reference), y)
+    assert abs(ours - theirs) <= 0.01
+
+
+def test_calibration_error_of_known_cases():
+    y = np.zeros(100, dtype=int)
+    overconfident = np.tile([0.9, 0.1], (100, 1))
+    y_half = y.copy()
+    y_half[:40] = 1  # 60% right at 90% confidence
+    assert calibration(overconfident, y_half)["ece"] == pytest.approx(0.3)
+    perfect = calibration(np.tile([0.6, 0.4], (100, 1)), y_half)
+    assert perfect["ece"] == pytest.approx(0.0)
+    bins = perfect["bins"]
+    assert sum(b["count"] for b in bins) == 100 and len(bins) == 15
+
+
+def test_corruptions():
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    x[:, 2, 3] = 1.0
+    np.testing.assert_array_equal(gaussian_noise(x, 0.0), x)
+    assert gaussian_noise(x, 0.5).min() >= 0.0 and gaussian_noise(x, 0.5).max() <= 1.0
+    assert shift(x, 1)[0, 3, 4, 0] == 1.0 and shift(x, 1)[0, 2, 3, 0] == 0.0
+    np.testing.assert_allclose(rotate(x, 0.0), x, atol=1e-6)
+    ones = np.ones((3, 8, 8, 1), np.float32)
+    assert ((occlude(ones, 0.25) == 0).reshape(3, -1).sum(axis=1) == 16).all()
+
+
+def test_integrated_gradients_is_complete(cnn, digits):
+    x, y = digits["test"]
+    _, error = integrated_gradients(cnn, x[:8], y[:8], steps=128)
+    assert error.max() < 0.05
+
+
+def test_maps_have_the_input_shape(cnn, digits):
+    x, y = digits["test"][0][:4], digits["test"][1][:4]
+    cam = grad_cam(cnn, x, y, "conv1_act")
+    assert cam.shape == (4, 8, 8) and cam.min() >= 0.0
+    for method in (vanilla_gradients, smoothgrad, occlusion):
+        assert method(cnn, x, y).shape == (4, 8, 8)
+
+
+def test_deletion_curve_of_an_oracle_beats_random():
+    """A model whose class-0 evidence is exactly the top half of the image: the oracle
+    attribution (its weights) deletes that evidence first."""
+    inputs = keras.Input((8, 8, 1))
+    logits = keras.layers.Dense(2, use_bias=False)(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    weights = np.zeros((64, 2), np.float32)
+    weights[:32, 0] = 0.5
+    model.layers[2].set_weights([weights])
+    x = np.ones((5, 8, 8, 1), np.float32)
+    classes = np.zeros(5, dtype=int)
+    oracle = np.broadcast_to(weights[:, 0].reshape(8, 8), (5, 8, 8))
+    random = np.random.default_rng(0).random((5, 8, 8))
+    _, oracle_area = deletion_curve(model, x, classes, oracle)
+    curve, random_area = deletion_curve(model, x, classes, random)
+    assert oracle_area.mean() < random_area.mean()
+    assert curve[:, 0] == pytest.approx(curve[0, 0]) and curve[0, -1] == pytest.approx(0.5)
