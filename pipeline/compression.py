@@ -220,10 +220,6 @@ class TFLiteModel:
             self._interpreters[batch] = interpreter
         return self._interpreters[batch]
 
-    @property
-    def input_dtype(self) -> np.dtype:
-        return self.interpreter(1).get_input_details()[0]["dtype"]
-
     def _quantize_input(self, interpreter: Interpreter, x: np.ndarray) -> np.ndarray:
         detail = interpreter.get_input_details()[0]
         if detail["dtype"] == np.float32:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -188,13 +188,6 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     client = MlflowClient()
     for start in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[start : start + _BATCH])
-
-
-def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
-    items = [RunTag(key, str(value)) for key, value in sorted(tags.items())]
-    client = MlflowClient()
-    for start in range(0, len(items), _BATCH):
-        client.log_batch(run_id, tags=items[start : start + _BATCH])
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
