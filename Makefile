@@ -6,7 +6,7 @@ BIN    := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test lint ui clean-outputs
+.PHONY: setup run test lint ui
 
 # The environment, rebuilt only when the dependency pins change.
 $(VENV)/.installed: pyproject.toml requirements.lock

@@ -18,10 +18,10 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.cli import run_stage, stage_parser
-from pipeline.io import atomic_path, read_json, write_json, write_text
+from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, load_prepared
-from pipeline.train import LINEAGE_FILE, MODEL_FILE, MODELS_DIR
+from pipeline.train import MODEL_FILE, MODELS_DIR, read_lineage
 
 COMPRESSED_DIR = MODELS_DIR / "compressed"
 REPORTS = Path("reports/compress")
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = args.model
     prepared = load_prepared(PREPARED_DIR)
     keras_file = MODELS_DIR / name / MODEL_FILE
-    lineage = read_json(MODELS_DIR / name / LINEAGE_FILE)
+    lineage = read_lineage(MODELS_DIR / name)
 
     from pipeline.compression import make_variants
     from pipeline.models import build_classifier, load_keras
@@ -272,8 +272,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for variant in variants:
                 if variant.tflite:
                     (staging / f"{variant.name}.tflite").write_bytes(variant.tflite)
-            pruned = next(v.source for v in variants if v.name == "pruned" and v.source)
-            pruned.save(staging / "pruned.keras")
+            pruned = [v.source for v in variants if v.name == "pruned" and v.source is not None]
+            if pruned:
+                pruned[0].save(staging / "pruned.keras")
         points = tradeoff_points(report)
         write_json(REPORTS / f"{name}.json", report)
         write_text(REPORTS / f"{name}.md", markdown_table(name, report))

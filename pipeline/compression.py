@@ -350,17 +350,37 @@ def make_variants(
             lambda: (to_tflite(model, "int8", representative), model),
         ),
     ]
-    pruned = prune(model, train, p, common, num_classes)
+    pruning_error = ""
+    try:
+        pruned: keras.Model | None = prune(model, train, p, common, num_classes)
+    except Exception as error:  # an architecture tfmot cannot prune: its variants say why
+        pruned, pruning_error = None, short_reason(error)
+
+    def on_pruned(
+        make: Callable[[keras.Model], tuple[bytes, keras.Model]],
+    ) -> Callable[[], tuple[bytes, keras.Model]]:
+        def run() -> tuple[bytes, keras.Model]:
+            if pruned is None:
+                raise RuntimeError(f"pruning failed: {pruning_error}")
+            return make(pruned)
+
+        return run
+
+    def fold(m: keras.Model) -> keras.Model:
+        if build_plain is None or not has_batch_norm(m):
+            return m
+        return fold_batch_norm(m, build_plain())
+
     variants += [
         attempt(
             "pruned",
             f"pruned to {p.target_sparsity:.0%} sparsity, float TFLite",
-            lambda: (to_tflite(pruned, "none"), pruned),
+            on_pruned(lambda m: (to_tflite(m, "none"), m)),
         ),
         attempt(
             "pruned_int8",
             "pruned, then full-integer int8 (smallest deployable)",
-            lambda: (to_tflite(pruned, "int8", representative), pruned),
+            on_pruned(lambda m: (to_tflite(m, "int8", representative), m)),
         ),
     ]
     make_deterministic(seed)
@@ -371,15 +391,13 @@ def make_variants(
             lambda: _qat(model, train, p, common, num_classes, representative, False),
         )
     )
-    fold = build_plain is not None and has_batch_norm(pruned)
-    pqat_source = fold_batch_norm(pruned, build_plain()) if fold else pruned  # type: ignore[misc]
     make_deterministic(seed)
     variants.append(
         attempt(
             "pruned_qat_int8",
-            "pruning-preserving QAT (collaborative optimization), int8 TFLite"
-            + (", batch norm folded first" if fold else ""),
-            lambda: _qat(pqat_source, train, p, common, num_classes, representative, True),
+            "pruning-preserving QAT (collaborative optimization), int8 TFLite; batch norm folded "
+            "first where present",
+            on_pruned(lambda m: _qat(fold(m), train, p, common, num_classes, representative, True)),
         )
     )
     return variants

@@ -11,6 +11,7 @@ import gzip
 import io
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,10 @@ def load_keras_dataset(name: str) -> RawData:
 def load_npz(path: Path) -> RawData:
     """An NPZ with arrays `x` (images) and `y` (labels); never unpickles objects."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise PipelineError(f"{path}: not an NPZ archive (an .npz with arrays x and y)")
+        with loaded as archive:
             missing = {"x", "y"} - set(archive.files)
             if missing:
                 raise PipelineError(f"{path}: missing array(s) {sorted(missing)} (needs x and y)")
@@ -114,7 +118,7 @@ def read_idx(path: Path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise PipelineError(f"{path}: not a readable gzip file ({describe(error)})") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise PipelineError(f"{path}: not an IDX file (bad magic number)")
@@ -139,9 +143,17 @@ def load_idx(folder: Path) -> RawData:
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"{folder}: not a folder of IDX files")
-    image_files = sorted(folder.glob("*-images-idx3-ubyte*"))
+    image_files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.name.endswith(("-images-idx3-ubyte", "-images-idx3-ubyte.gz"))
+    )
     if not image_files:
         raise PipelineError(f"{folder}: no '*-images-idx3-ubyte[.gz]' files")
+    stems = [p.name.removesuffix(".gz") for p in image_files]
+    doubled = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if doubled:  # the same images twice would leak between splits
+        raise PipelineError(f"{folder}: {doubled} present both gzipped and not; keep one")
     xs, ys = [], []
     for image_file in image_files:
         label_name = image_file.name.replace("-images-idx3-", "-labels-idx1-")

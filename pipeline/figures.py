@@ -55,6 +55,8 @@ def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png")
+    finally:
+        plt.close(figure)

@@ -16,10 +16,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import tracking
-from pipeline.cli import run_stage, stage_parser
+from pipeline.cli import PipelineError, run_stage, stage_parser
 from pipeline.figures import save_grid_png
 from pipeline.gan_metrics import agreement, balanced_labels, coverage, frechet_distance
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import atomic_path, write_json
 from pipeline.models import build_classifier, build_discriminator, build_generator, load_keras
 from pipeline.params import (
     CNNParams,
@@ -31,7 +31,7 @@ from pipeline.params import (
     load_params,
 )
 from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
-from pipeline.train import MODEL_FILE, MODELS_DIR, history_csv
+from pipeline.train import MODEL_FILE, MODELS_DIR, history_csv, read_lineage
 from pipeline.training import (
     compile_classifier,
     fit_classifier,
@@ -144,6 +144,10 @@ def train_gan(
     """Fit the conditional GAN; sample grids go to `samples`. Returns (generator, losses)."""
     num_classes = int(prepared.manifest["num_classes"])
     x, y = prepared["train"]
+    if len(x) < p.batch_size:
+        raise PipelineError(
+            f"gan.batch_size {p.batch_size} exceeds the {len(x)} training images: no full batch"
+        )
     make_deterministic(seed)
     gan = ConditionalGAN(
         build_generator(p, prepared.image_shape, num_classes),
@@ -152,11 +156,13 @@ def train_gan(
         num_classes,
     )
     gan.compile(adam(p.discriminator_optimizer), adam(p.generator_optimizer))
+    # Cache the arrays, then reshuffle every epoch (a cache after the shuffle would replay the
+    # first epoch's order forever).
     data = (
         tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-        .shuffle(len(x), seed=seed)
-        .batch(p.batch_size, drop_remainder=True)
         .cache()
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(p.batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
     grids = SampleGrids(samples, p.sample_every, p.epochs, num_classes, seed)
@@ -220,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     prepared = load_prepared(PREPARED_DIR)
     require_validated(prepared)
     classifier = load_keras(JUDGE)
-    judge_run = read_json(JUDGE.parent / "lineage.json").get("run_id", "")
+    judge_run = read_lineage(JUDGE.parent)["run_id"]
     tags = {
         "model_family": "gan",
         "dvc_stage": "gan",

@@ -36,7 +36,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from pipeline.models import load_keras
 
     generator = load_keras(args.generator)
-    num_classes = generator.get_layer("label_embedding").input_dim
+    try:
+        num_classes = generator.get_layer("label_embedding").input_dim
+    except ValueError:
+        raise PipelineError(
+            f"{args.generator}: not a conditional generator from the gan stage"
+        ) from None
     if not 0 <= args.label < num_classes:
         raise PipelineError(f"--label must be in 0..{num_classes - 1} (got {args.label})")
     labels = np.full(args.count, args.label, dtype=np.int64)

@@ -19,17 +19,21 @@ import numpy as np
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it replaces `target` (file or directory).
 
-    The temporary path lives in the same directory so the final rename is atomic. On failure
-    it is removed and `target` is left as it was.
+    The temporary path lives in the same directory so the final rename is atomic for files. A
+    directory is swapped with two renames (old aside, new in); should a crash fall between them,
+    the previous version is still at `.<name>.old` and is put back on the next call. On failure
+    the temporary path is removed and `target` is left as it was.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)  # a crash fell between the two renames of an earlier swap
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.rmdir()  # the caller decides whether it becomes a file or a directory
     try:
         yield tmp
         if target.is_dir() and not target.is_symlink():
-            old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
             tmp.rename(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def load_prepared(folder: Path = PREPARED_DIR) -> Prepared:
                 splits[name] = (archive["x"], archive["y"])
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run the ingest stage first") from None
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise PipelineError(f"{folder}: unreadable prepared data ({describe(error)})") from None
     if content_hash(splits) != manifest.get("content_hash"):
         raise PipelineError(f"{folder}: arrays do not match the manifest's content hash")

@@ -183,3 +183,28 @@ def test_split_refuses_classes_too_small_to_stratify():
     x, y = synthetic_images(n_per_class=10)
     with pytest.raises(PipelineError, match=r"class\(es\) \[9\] have fewer than 3 images"):
         stratified_split(x[:-8], y[:-8], 0.1, 0.2, seed=0)
+
+
+def test_more_corrupt_inputs_are_one_line_errors_naming_the_file(tmp_path: Path):
+    x, _y = synthetic_images()
+    # A gzip whose header is fine but whose deflate stream is garbage.
+    good = gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 200)
+    broken = good[:10] + bytes(b ^ 0x5A for b in good[10:-8]) + good[-8:]
+    (tmp_path / "z-images-idx3-ubyte.gz").write_bytes(broken)
+    with pytest.raises(PipelineError, match="z-images-idx3-ubyte.gz: not a readable gzip file"):
+        read_idx(tmp_path / "z-images-idx3-ubyte.gz")
+    np.save(tmp_path / "plain.npy", x)
+    with pytest.raises(PipelineError, match="plain.npy: not an NPZ archive"):
+        load_npz(tmp_path / "plain.npy")
+
+
+def test_idx_folder_with_the_same_file_gzipped_and_not_is_refused(tmp_path: Path):
+    x, y = synthetic_images()
+    write_idx(tmp_path / "train-images-idx3-ubyte", x)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", x, compress=True)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", y)
+    (tmp_path / "train-images-idx3-ubyte.md5").write_text("ignored sidecar\n")
+    with pytest.raises(PipelineError, match="present both gzipped and not"):
+        load_idx(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte.gz").unlink()
+    assert load_idx(tmp_path).x.shape == (len(x), 8, 8, 1)  # the sidecar is not read

@@ -83,3 +83,13 @@ def test_flatten_gives_dotted_keys():
     flat = flatten(params.train.fnn, "model")
     assert flat["model.hidden_units"] == [8]
     assert flat["model.optimizer.learning_rate"] == pytest.approx(1e-3)
+
+
+def test_unreadable_params_file_is_one_line(tmp_path: Path):
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(PipelineError, match=r"params.yaml: cannot read \(IsADirectoryError\)"):
+        load_params(tmp_path / "params.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(PipelineError, match="binary.yaml: cannot read"):
+        load_params(binary)

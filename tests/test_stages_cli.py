@@ -93,3 +93,26 @@ def test_ingest_writes_a_manifest_that_matches_its_arrays(tmp_path: Path):
     np.savez(tmp_path / "prepared/test.npz", x=x, y=np.roll(y, 1))
     with pytest.raises(PipelineError, match="do not match the manifest's content hash"):
         load_prepared(tmp_path / "prepared")
+
+
+def test_corrupt_prepared_split_is_one_line(tmp_path: Path):
+    raw = load_digits()
+    prepared = prepare(DataParams(), seed=1)
+    assert raw.x.shape[0] == 1797
+    write_prepared(prepared, tmp_path / "prepared")
+    data = (tmp_path / "prepared/val.npz").read_bytes()
+    (tmp_path / "prepared/val.npz").write_bytes(data[: len(data) // 3])
+    with pytest.raises(PipelineError, match="unreadable prepared data"):
+        load_prepared(tmp_path / "prepared")
+
+
+def test_atomic_directory_swap_recovers_after_a_crash_between_renames(tmp_path: Path):
+    from pipeline.io import atomic_path
+
+    target = tmp_path / "out"
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / "model.keras").write_text("last good")
+    with pytest.raises(RuntimeError), atomic_path(target) as staging:
+        staging.mkdir()
+        raise RuntimeError("crash while writing the new version")
+    assert (target / "model.keras").read_text() == "last good"
