@@ -116,3 +116,13 @@ def test_atomic_directory_swap_recovers_after_a_crash_between_renames(tmp_path: 
         staging.mkdir()
         raise RuntimeError("crash while writing the new version")
     assert (target / "model.keras").read_text() == "last good"
+
+
+def test_compress_without_a_trained_model_names_the_missing_file(tmp_path: Path):
+    write_params(tmp_path)
+    assert stage(tmp_path, "ingest").returncode == 0
+    result = stage(tmp_path, "compress", "--model", "cnn")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "compress: error: models/cnn/lineage.json: missing; run the stage that trains this model"
+    )
