@@ -33,18 +33,18 @@ def save_grid_png(path: Path, images: np.ndarray, scale: int = 4) -> None:
 
 
 def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
-    """Size (gzipped KiB, log scale) against test accuracy, one labelled point per variant."""
+    """Size (gzipped KiB, log scale) against test accuracy, a labelled point per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for point in points:
-        axes.scatter(point["size_gzip_kib"], point["accuracy"], s=36)
+    for (size, accuracy), names in coincident(points).items():
+        axes.scatter(size, accuracy, s=36)
         axes.annotate(
-            point["variant"],
-            (point["size_gzip_kib"], point["accuracy"]),
+            ", ".join(names),
+            (size, accuracy),
             textcoords="offset points",
             xytext=(5, 4),
             fontsize=8,
@@ -60,3 +60,18 @@ def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
             figure.savefig(tmp, format="png")
     finally:
         plt.close(figure)
+
+
+def coincident(points: list[dict], tolerance: float = 0.05) -> dict[tuple[float, float], list[str]]:
+    """Variants at the same accuracy and within `tolerance` (relative) in size share one
+    labelled point, so their names do not print over each other."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for point in sorted(points, key=lambda p: p["size_gzip_kib"]):
+        size, accuracy = point["size_gzip_kib"], point["accuracy"]
+        for key, names in groups.items():
+            if key[1] == accuracy and abs(size - key[0]) <= tolerance * key[0]:
+                names.append(point["variant"])
+                break
+        else:
+            groups[(size, accuracy)] = [point["variant"]]
+    return groups

@@ -162,3 +162,15 @@ def test_target_checks_flag_what_is_not_met():
         "latency_ratio_tf_function_to_int8": True,  # 20x
     }
     assert checks["int8_loss_points_vs_float_tflite"]["value"] == pytest.approx(1.0)
+
+
+def test_coincident_variants_share_one_label():
+    from pipeline.figures import coincident
+
+    points = [
+        {"variant": "float32", "size_gzip_kib": 193.5, "accuracy": 0.99},
+        {"variant": "keras_float", "size_gzip_kib": 199.0, "accuracy": 0.99},
+        {"variant": "int8", "size_gzip_kib": 53.7, "accuracy": 0.99},
+        {"variant": "pruned", "size_gzip_kib": 60.0, "accuracy": 0.98},
+    ]
+    assert list(coincident(points).values()) == [["int8"], ["pruned"], ["float32", "keras_float"]]
