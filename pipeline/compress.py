@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.cli import run_stage, stage_parser
+from pipeline.figures import save_tradeoff_png
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, load_prepared
@@ -279,8 +280,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_json(REPORTS / f"{name}.json", report)
         write_text(REPORTS / f"{name}.md", markdown_table(name, report))
         write_text(REPORTS / f"{name}_tradeoff.csv", points_csv(points))
-        from pipeline.figures import save_tradeoff_png
-
         save_tradeoff_png(REPORTS / f"{name}_tradeoff.png", points, f"{name}: size vs accuracy")
         metrics = headline_metrics(report)
         tracking.log_metrics(child, metrics)
