@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from pipeline.compress import COMPRESSED_DIR, REPORTS, target_checks
-from pipeline.compression import TFLiteModel, keras_callers, latency_stats
+from pipeline.inference import TFLiteModel, keras_callers, latency_stats
 from pipeline.io import write_json
 from pipeline.models import load_keras
 from pipeline.params import load_params

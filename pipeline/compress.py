@@ -42,14 +42,8 @@ def measure(
     batch: int,
 ) -> dict[str, Any]:
     """Accuracy, sparsity, size and speed of the float Keras model and of each variant."""
-    from pipeline.compression import (
-        TFLiteModel,
-        keras_callers,
-        latency_stats,
-        sizes,
-        tensor_dtypes,
-        weight_sparsity,
-    )
+    from pipeline.compression import weight_sparsity
+    from pipeline.inference import TFLiteModel, keras_callers, latency_stats, sizes, tensor_dtypes
 
     x, y = test
     keras_bytes = keras_file.read_bytes()

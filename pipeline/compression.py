@@ -1,21 +1,18 @@
-"""Model compression with tensorflow-model-optimization, and TFLite models run through LiteRT.
+"""Model compression with tensorflow-model-optimization, and conversion to TFLite.
 
 Pure functions: a float tf_keras classifier and arrays in, compressed models and numbers out.
 """
 
 from __future__ import annotations
 
-import gzip
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from ai_edge_litert.interpreter import Interpreter
 
 from pipeline.params import CompressParams, OptimizerParams, TrainCommon
 from pipeline.training import compile_classifier, encode_labels, make_deterministic
@@ -200,119 +197,6 @@ def attempt(name: str, description: str, make: Callable[[], tuple[bytes, keras.M
     except Exception as error:  # tfmot/TFLite raise many types for "unsupported"
         return Variant(name, description, unsupported=short_reason(error))
     return Variant(name, description, tflite=tflite, source=source)
-
-
-class TFLiteModel:
-    """A TFLite flatbuffer run through the LiteRT interpreter, as a deployed model would be."""
-
-    def __init__(self, content: bytes, threads: int = 1) -> None:
-        self.content, self.threads = content, threads
-        self._interpreters: dict[int, Interpreter] = {}
-
-    def interpreter(self, batch: int) -> Interpreter:
-        if batch not in self._interpreters:
-            interpreter = Interpreter(model_content=self.content, num_threads=self.threads)
-            index = interpreter.get_input_details()[0]["index"]
-            shape = interpreter.get_input_details()[0]["shape"]
-            if shape[0] != batch:
-                interpreter.resize_tensor_input(index, [batch, *shape[1:]])
-            interpreter.allocate_tensors()
-            self._interpreters[batch] = interpreter
-        return self._interpreters[batch]
-
-    def _quantize_input(self, interpreter: Interpreter, x: np.ndarray) -> np.ndarray:
-        detail = interpreter.get_input_details()[0]
-        if detail["dtype"] == np.float32:
-            return x.astype(np.float32)
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-
-    def _dequantize_output(self, interpreter: Interpreter, y: np.ndarray) -> np.ndarray:
-        detail = interpreter.get_output_details()[0]
-        if detail["dtype"] == np.float32:
-            return y
-        scale, zero = detail["quantization"]
-        return (y.astype(np.float32) - zero) * scale
-
-    def invoke(self, x: np.ndarray) -> np.ndarray:
-        interpreter = self.interpreter(len(x))
-        interpreter.set_tensor(
-            interpreter.get_input_details()[0]["index"], self._quantize_input(interpreter, x)
-        )
-        interpreter.invoke()
-        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-        return self._dequantize_output(interpreter, out)
-
-    def predict(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
-        """Class scores for every image, in fixed-size batches (the last one padded)."""
-        outputs = []
-        for start in range(0, len(x), batch):
-            chunk = x[start : start + batch]
-            padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *x.shape[1:]), x.dtype)])
-            outputs.append(self.invoke(padded)[: len(chunk)])
-        return np.concatenate(outputs)
-
-
-def latency_stats(
-    call: Callable[[np.ndarray], Any], images: np.ndarray, runs: int, batch: int
-) -> dict[str, float]:
-    """Median and p95 milliseconds per single image, and images/s at `batch` (same process)."""
-    for image in images[:5]:
-        call(image[None])  # warm-up: first calls build graphs and allocate
-    single = []
-    for i in range(runs):
-        image = images[i % len(images)][None]
-        start = time.perf_counter()
-        call(image)
-        single.append(time.perf_counter() - start)
-    batch_x = np.resize(images, (batch, *images.shape[1:]))
-    call(batch_x)
-    rounds, start = max(3, runs // 20), time.perf_counter()
-    for _ in range(rounds):
-        call(batch_x)
-    elapsed = time.perf_counter() - start
-    return {
-        "latency_ms_median": float(np.median(single) * 1e3),
-        "latency_ms_p95": float(np.percentile(single, 95) * 1e3),
-        "throughput_per_s": float(rounds * batch / elapsed),
-    }
-
-
-def keras_callers(model: keras.Model) -> dict[str, Callable[[np.ndarray], Any]]:
-    """The float Keras model called three ways: `predict`, eagerly, and under tf.function."""
-    compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return {
-        "keras_predict": lambda x: model.predict(x, verbose=0),
-        "keras_call": lambda x: model(x, training=False).numpy(),
-        "keras_tf_function": lambda x: compiled(tf.constant(x)).numpy(),
-    }
-
-
-def sizes(content: bytes) -> dict[str, int]:
-    return {"size_bytes": len(content), "size_gzip_bytes": len(gzip.compress(content, 9))}
-
-
-def tensor_dtypes(content: bytes) -> dict[str, list[str]]:
-    """Input, output and weight-tensor dtypes as the interpreter reports them."""
-    interpreter = Interpreter(model_content=content)
-    interpreter.allocate_tensors()
-
-    def names(details: list[dict]) -> list[str]:
-        return sorted({np.dtype(d["dtype"]).name for d in details})
-
-    inputs = {d["index"] for d in interpreter.get_input_details()}
-    outputs = {d["index"] for d in interpreter.get_output_details()}
-    weights = [
-        d
-        for d in interpreter.get_tensor_details()
-        if d["index"] not in inputs | outputs and len(d["shape"]) >= 2
-    ]
-    return {
-        "input": names(interpreter.get_input_details()),
-        "output": names(interpreter.get_output_details()),
-        "weights": names(weights),
-    }
 
 
 def make_variants(

@@ -70,11 +70,16 @@ def integrated_gradients(
 
 def grad_cam(model: keras.Model, x: np.ndarray, classes: np.ndarray, layer: str) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) on a convolutional layer's output, ReLU'd and upsampled
-    bilinearly to the input's H×W."""
-    inner = keras.Model(model.input, [model.get_layer(layer).output, model.output])
+    bilinearly to the input's H×W.
+
+    As in the paper, the gradient is of the class score before the softmax: the probability's
+    gradient vanishes on confident predictions and mixes in the other classes' scores."""
+    head = model.layers[-1]  # Dense with softmax: every classifier here ends in one
+    inner = keras.Model(model.input, [model.get_layer(layer).output, head.input])
     with tf.GradientTape() as tape:
-        maps, probabilities = inner(tf.convert_to_tensor(x, tf.float32), training=False)
-        picked = tf.gather(probabilities, classes, axis=1, batch_dims=1)
+        maps, features = inner(tf.convert_to_tensor(x, tf.float32), training=False)
+        logits = tf.matmul(features, head.kernel) + head.bias
+        picked = tf.gather(logits, classes, axis=1, batch_dims=1)
     grads = tape.gradient(picked, maps)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1, keepdims=True))
@@ -104,12 +109,17 @@ def deletion_curve(
     classes: np.ndarray,
     attributions: np.ndarray,
     steps: int = 16,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Delete pixels (set to 0) in order of decreasing attribution and track the true-class
     probability (Petsiuk et al. 2018). Returns (curve: images × steps+1, area under it per image,
-    trapezoid over the deleted fraction). Lower area = more faithful."""
+    trapezoid over the deleted fraction). Lower area = more faithful.
+
+    Tied attributions (a ReLU'd Grad-CAM's zeros, say) are deleted in a random order, not
+    top-left first: on centred digits that would favour or penalise a method by accident."""
     n, height, width = x.shape[:3]
-    order = np.argsort(-attributions.reshape(n, -1), axis=1, kind="stable")
+    tiebreak = np.random.default_rng(seed).random((n, height * width))
+    order = np.lexsort((tiebreak, -attributions.reshape(n, -1)), axis=-1)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     curve = np.zeros((n, steps + 1), np.float64)
     flat = x.reshape(n, height * width, -1).copy()
@@ -121,3 +131,18 @@ def deletion_curve(
         curve[:, s] = probabilities[np.arange(n), classes]
     area = ((curve[:, :-1] + curve[:, 1:]) / 2.0).sum(axis=1) / steps
     return curve, area
+
+
+def grad_cam_layer(model: keras.Model) -> str | None:
+    """The layer Grad-CAM explains: the last convolution's output after its batch norm and
+    activation (before pooling); None for a model without convolutions."""
+    layers = model.layers
+    convs = [i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Conv2D)]
+    if not convs:
+        return None
+    index = convs[-1]
+    while index + 1 < len(layers) and isinstance(
+        layers[index + 1], (keras.layers.BatchNormalization, keras.layers.Activation)
+    ):
+        index += 1
+    return layers[index].name

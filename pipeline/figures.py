@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,22 +24,14 @@ def image_grid(images: np.ndarray, scale: int = 4, pad: int = 1) -> np.ndarray:
 
 
 def save_grid_png(path: Path, images: np.ndarray, scale: int = 4) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     with atomic_path(path) as tmp:
         plt.imsave(tmp, image_grid(images, scale), cmap="gray", vmin=0.0, vmax=1.0, format="png")
 
 
 def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
     """Size (gzipped KiB, log scale) against test accuracy, a labelled point per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
     for (size, accuracy), names in coincident(points).items():
         axes.scatter(size, accuracy, s=36)
@@ -54,12 +47,7 @@ def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
     axes.set_ylabel("test accuracy")
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png")
-    finally:
-        plt.close(figure)
+    _save(figure, path)
 
 
 def coincident(points: list[dict], tolerance: float = 0.05) -> dict[tuple[float, float], list[str]]:
@@ -75,3 +63,146 @@ def coincident(points: list[dict], tolerance: float = 0.05) -> dict[tuple[float,
         else:
             groups[(size, accuracy)] = [point["variant"]]
     return groups
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> None:
+    plt = _pyplot()
+    try:
+        figure.tight_layout()
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png")
+    finally:
+        plt.close(figure)
+
+
+def save_confusion_png(path: Path, matrix: np.ndarray, title: str) -> None:
+    """Counts of (true class, predicted class), darker for more; the diagonal is right."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    figure, axes = plt.subplots(figsize=(5.2, 4.6), dpi=110)
+    image = axes.imshow(matrix, cmap="Blues")
+    classes = range(len(matrix))
+    for true in classes:
+        for predicted in classes:
+            count = int(matrix[true, predicted])
+            if count:
+                dark = count > matrix.max() / 2
+                axes.text(
+                    predicted,
+                    true,
+                    count,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
+    axes.set_xticks(list(classes))
+    axes.set_yticks(list(classes))
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    _save(figure, path)
+
+
+def save_reliability_png(path: Path, bins: list[dict], ece: float, title: str) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect
+    calibration, with the bin counts underneath."""
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5, 5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    filled = [b for b in bins if b["count"]]
+    width = bins[0]["upper"] - bins[0]["lower"]
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    top.bar(
+        [b["lower"] for b in filled],
+        [b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy in bin",
+    )
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(f"{title} (ECE {ece:.4f})")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=width, align="edge")
+    bottom.set_yscale("symlog")
+    bottom.set_xlabel("confidence (max probability)")
+    bottom.set_ylabel("images")
+    _save(figure, path)
+
+
+def save_curves_png(
+    path: Path, panels: dict[str, dict[str, dict[float, float]]], title: str, ylabel: str
+) -> None:
+    """One panel per perturbation family; in each, a line per series (x: severity)."""
+    plt = _pyplot()
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 3.4 * rows), dpi=110, squeeze=False
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (panel, series) in zip(axes.flat, panels.items(), strict=False):  # spare axes
+        for label, curve in series.items():
+            xs = sorted(curve)
+            dashed = label.startswith("tflite")
+            ax.plot(
+                xs,
+                [curve[v] for v in xs],
+                marker="o",
+                markersize=3,
+                linestyle="--" if dashed else "-",
+                label=label,
+            )
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("severity")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
+def save_attribution_grid_png(
+    path: Path, images: np.ndarray, maps: dict[str, np.ndarray], labels: list[str]
+) -> None:
+    """Rows: images; columns: the image, then each method's attribution over it (each map
+    scaled to its own maximum magnitude)."""
+    plt = _pyplot()
+    rows, columns = len(images), 1 + len(maps)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.4), dpi=110, squeeze=False
+    )
+    for r in range(rows):
+        axes[r][0].imshow(images[r, ..., 0], cmap="gray", vmin=0, vmax=1)
+        axes[r][0].set_ylabel(labels[r], fontsize=7)
+        for c, (method, heat) in enumerate(maps.items(), start=1):
+            magnitude = np.abs(heat[r])
+            axes[r][c].imshow(images[r, ..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[r][c].imshow(
+                magnitude / max(float(magnitude.max()), 1e-12), cmap="inferno", alpha=0.6
+            )
+            if r == 0:
+                axes[r][c].set_title(method.replace("_", " "), fontsize=7)
+        if r == 0:
+            axes[r][0].set_title("image", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(figure, path)

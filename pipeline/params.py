@@ -68,6 +68,16 @@ class OptimizerParams(Strict):
         return self
 
 
+class AdversarialParams(Strict):
+    """Adversarial training (Goodfellow et al. 2015; Madry et al. 2018): each batch's loss is
+    (1 - weight)·L(clean) + weight·L(attacked), the attack crafted against the current weights."""
+
+    method: Literal["none", "fgsm", "pgd"] = "none"
+    epsilon: float = Field(0.1, gt=0, le=1)  # L-infinity radius, pixels in [0, 1]
+    steps: int = Field(7, ge=1, le=100)  # pgd only; step size 2.5·epsilon/steps
+    weight: float = Field(0.5, gt=0, le=1)
+
+
 class LayerParams(Strict):
     """Knobs every architecture shares, applied to each of its hidden layers."""
 
@@ -77,6 +87,7 @@ class LayerParams(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     batch_norm: bool = False
     optimizer: OptimizerParams = OptimizerParams()
+    adversarial: AdversarialParams = AdversarialParams()
 
 
 class FNNParams(LayerParams):
@@ -165,6 +176,49 @@ class CompressParams(Strict):
     throughput_batch: int = Field(64, ge=1)
 
 
+Epsilon = Annotated[float, Field(ge=0, le=1)]
+Severity = Annotated[float, Field(gt=0, le=1)]
+
+
+class EvaluateParams(Strict):
+    """Clean performance, robustness and explanations of every classifier (and its TFLite
+    variants on the corruptions)."""
+
+    calibration_bins: int = Field(15, ge=2, le=100)
+    # L-infinity attack radii on pixels in [0, 1]; accuracy per epsilon is the robustness curve.
+    epsilons: list[Epsilon] = Field(
+        default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.15, 0.2], min_length=1
+    )
+    robust_epsilon: Epsilon = 0.1  # the radius of the headline "robust accuracy" (PGD)
+    pgd_steps: int = Field(10, ge=1, le=1000)
+    pgd_step_size: float | None = Field(None, gt=0, le=1)  # null: 2.5·epsilon/steps
+    noise_sigmas: list[Severity] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4])
+    # Share of the image one square patch erases; its side rounds to whole pixels.
+    occlusion_fractions: list[Severity] = Field(default_factory=lambda: [0.1, 0.25, 0.4])
+    shifts: list[Annotated[int, Field(ge=1, le=64)]] = Field(default_factory=lambda: [1, 2])
+    rotations: list[Annotated[float, Field(gt=0, le=180)]] = Field(
+        default_factory=lambda: [10.0, 20.0]
+    )
+    explain_per_class: int = Field(1, ge=1, le=20)  # the first test images of each class
+    faithfulness_images: int = Field(100, ge=1)  # test images the deletion curves run on
+    ig_steps: int = Field(256, ge=2, le=4096)  # 128 left 11% completeness error here
+    smoothgrad_samples: int = Field(25, ge=1, le=1000)
+    smoothgrad_sigma: float = Field(0.15, gt=0, le=1)
+    occlusion_patch: int = Field(2, ge=1, le=64)
+    deletion_steps: int = Field(16, ge=2, le=1024)
+    random_orders: int = Field(5, ge=1, le=100)  # random deletion orders averaged as baseline
+    latency_runs: int = Field(200, ge=10)
+    throughput_batch: int = Field(64, ge=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateParams:
+        if self.robust_epsilon not in self.epsilons:
+            raise ValueError(f"robust_epsilon {self.robust_epsilon} is not one of epsilons")
+        if len(set(self.epsilons)) != len(self.epsilons):
+            raise ValueError("epsilons has duplicates")
+        return self
+
+
 class TrackingParams(Strict):
     # MLflow experiment; empty means "named after the dataset" (data.source).
     experiment: str | None = None
@@ -177,6 +231,7 @@ class Params(Strict):
     train: TrainParams = TrainParams()
     gan: GanParams = GanParams()
     compress: CompressParams = CompressParams()
+    evaluate: EvaluateParams = EvaluateParams()
     mlflow: TrackingParams = TrackingParams()
 
     @property

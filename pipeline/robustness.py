@@ -3,6 +3,9 @@ a tf_keras classifier (softmax output) and arrays of images in [0, 1]."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
@@ -35,18 +38,46 @@ def calibration(probabilities: np.ndarray, y: np.ndarray, bins: int = 15) -> dic
     return {"ece": float(ece), "bins": table}
 
 
-def _loss_gradient(model: keras.Model, x: tf.Tensor, y: np.ndarray) -> tf.Tensor:
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=False))
-    return tape.gradient(loss, x)
+def linf_attack(
+    model: keras.Model,
+    x: tf.Tensor,
+    y: tf.Tensor | np.ndarray,
+    epsilon: float,
+    steps: int,
+    step_size: float,
+    start: tf.Tensor | None = None,
+    loss: Callable[[Any, tf.Tensor], tf.Tensor] = keras.losses.sparse_categorical_crossentropy,
+) -> tf.Tensor:
+    """The L-infinity sign-gradient ascent on the loss that FGSM (one step of size epsilon from
+    x) and PGD (several smaller steps from a random `start` offset) both are. Every iterate is
+    projected back into the epsilon ball around x and into [0, 1]. Graph-safe: adversarial
+    training calls it inside its train step."""
+    images = x if start is None else tf.clip_by_value(x + start, 0.0, 1.0)
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            value = loss(y, model(images, training=False))
+        images = images + step_size * tf.sign(tape.gradient(value, images))
+        images = tf.clip_by_value(images, x - epsilon, x + epsilon)
+        images = tf.clip_by_value(images, 0.0, 1.0)
+    return tf.stop_gradient(images)
 
 
-def fgsm(model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float) -> np.ndarray:
+def _batched(
+    attack: Callable[[tf.Tensor, np.ndarray], tf.Tensor], x: np.ndarray, y: np.ndarray, batch: int
+) -> np.ndarray:
+    chunks = [
+        attack(tf.convert_to_tensor(x[i : i + batch], tf.float32), y[i : i + batch]).numpy()
+        for i in range(0, len(x), batch)
+    ]
+    return np.concatenate(chunks) if chunks else x.astype(np.float32)
+
+
+def fgsm(
+    model: keras.Model, x: np.ndarray, y: np.ndarray, epsilon: float, batch: int = 512
+) -> np.ndarray:
     """Fast gradient sign method (Goodfellow et al. 2015), L-infinity, clipped to [0, 1]."""
-    images = tf.convert_to_tensor(x, tf.float32)
-    step = epsilon * tf.sign(_loss_gradient(model, images, y))
-    return tf.clip_by_value(images + step, 0.0, 1.0).numpy()
+    return _batched(lambda xb, yb: linf_attack(model, xb, yb, epsilon, 1, epsilon), x, y, batch)
 
 
 def pgd(
@@ -57,20 +88,21 @@ def pgd(
     steps: int,
     step_size: float | None = None,
     seed: int = 0,
+    batch: int = 512,
 ) -> np.ndarray:
     """Projected gradient descent (Madry et al. 2018), L-infinity ball of radius epsilon,
-    uniform random start; every iterate is projected back into the ball and into [0, 1]."""
+    uniform random start (seeded: the same inputs give the same attack)."""
     if epsilon == 0:
         return x.astype(np.float32)
     alpha = step_size if step_size is not None else 2.5 * epsilon / steps
-    origin = tf.convert_to_tensor(x, tf.float32)
     start = np.random.default_rng(seed).uniform(-epsilon, epsilon, x.shape).astype(np.float32)
-    images = tf.clip_by_value(origin + start, 0.0, 1.0)
-    for _ in range(steps):
-        images = images + alpha * tf.sign(_loss_gradient(model, images, y))
-        images = tf.clip_by_value(images, origin - epsilon, origin + epsilon)
-        images = tf.clip_by_value(images, 0.0, 1.0)
-    return images.numpy()
+    starts = iter(start[i : i + batch] for i in range(0, len(x), batch))
+    return _batched(
+        lambda xb, yb: linf_attack(model, xb, yb, epsilon, steps, alpha, next(starts)),
+        x,
+        y,
+        batch,
+    )
 
 
 def gaussian_noise(x: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:

@@ -75,14 +75,17 @@ def train_classifier(name: str, params: Params, prepared: Prepared) -> tuple[Any
         predict_proba,
         score,
         summarize_history,
+        trainer_for,
     )
 
     num_classes = int(prepared.manifest["num_classes"])
+    block = params.train.model(name)  # type: ignore[arg-type]
     make_deterministic(params.seed)
     model = build_classifier(name, params.train, prepared.image_shape, num_classes)  # type: ignore[arg-type]
-    compile_classifier(model, params.train.model(name).optimizer, params.train.common)  # type: ignore[union-attr]
+    trainer = trainer_for(model, block.adversarial)
+    compile_classifier(trainer, block.optimizer, params.train.common)
     history = fit_classifier(
-        model, prepared["train"], prepared["val"], params.train.common, num_classes
+        trainer, prepared["train"], prepared["val"], params.train.common, num_classes
     )
     metrics: dict[str, float | int] = {}
     for split in SPLITS:
@@ -122,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "dataset": prepared.manifest["source"],
         "data_hash": prepared.content_hash,
         "seed": params.seed,
+        "adversarial_training": params.train.model(name).adversarial.method,  # type: ignore[arg-type]
     }
     with tracking.lineage_run(params.experiment_name, f"{name}", tags) as run_id:
         tracking.log_params(run_id, lineage_params(params, name))

@@ -9,7 +9,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline.models import build_optimizer
-from pipeline.params import OptimizerParams, TrainCommon
+from pipeline.params import AdversarialParams, OptimizerParams, TrainCommon
+from pipeline.robustness import linf_attack
 
 
 def make_deterministic(seed: int) -> None:
@@ -31,6 +32,54 @@ def compile_classifier(model: keras.Model, optimizer: OptimizerParams, common: T
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
     model.compile(optimizer=build_optimizer(optimizer), loss=loss, metrics=["accuracy"])
+
+
+class AdversarialTraining(keras.Model):
+    """Trains `classifier` on clean and attacked images together: each batch's loss is
+    (1 - weight)·L(x) + weight·L(x_adv), x_adv crafted by FGSM or PGD against the current
+    weights (Goodfellow et al. 2015; Madry et al. 2018). Validation runs on clean images, and
+    the wrapped classifier is what gets saved."""
+
+    def __init__(self, classifier: keras.Model, p: AdversarialParams) -> None:
+        super().__init__(name=f"{classifier.name}_adversarial")
+        self.classifier = classifier
+        self.method, self.epsilon, self.weight = p.method, p.epsilon, p.weight
+        self.steps = 1 if p.method == "fgsm" else p.steps
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.classifier(x, training=training)
+
+    def attack(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        def loss(target: tf.Tensor, predicted: tf.Tensor) -> tf.Tensor:
+            return self.loss(target, predicted)
+
+        if self.method == "fgsm":
+            return linf_attack(self.classifier, x, y, self.epsilon, 1, self.epsilon, loss=loss)
+        start = tf.random.uniform(tf.shape(x), -self.epsilon, self.epsilon)
+        step = 2.5 * self.epsilon / self.steps
+        return linf_attack(self.classifier, x, y, self.epsilon, self.steps, step, start, loss)
+
+    def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
+        x, y = data
+        attacked = self.attack(x, y)
+        count = tf.shape(x)[0]
+        # Per-sample weights 2(1-w) and 2w over the doubled batch: the mean loss is exactly
+        # (1-w)·mean L(clean) + w·mean L(attacked).
+        weights = tf.concat(
+            [tf.fill([count], 2.0 * (1.0 - self.weight)), tf.fill([count], 2.0 * self.weight)], 0
+        )
+        images, targets = tf.concat([x, attacked], 0), tf.concat([y, y], 0)
+        with tf.GradientTape() as tape:
+            predicted = self(images, training=True)
+            value = self.compiled_loss(targets, predicted, weights, self.losses)
+        self.optimizer.minimize(value, self.trainable_variables, tape=tape)
+        self.compiled_metrics.update_state(targets, predicted, weights)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+
+def trainer_for(model: keras.Model, p: AdversarialParams) -> keras.Model:
+    """The model `fit` trains: the classifier itself, or its adversarial-training wrapper."""
+    return model if p.method == "none" else AdversarialTraining(model, p)
 
 
 def fit_classifier(

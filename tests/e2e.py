@@ -28,6 +28,22 @@ TINY_COMPRESS = {
     "representative_samples": 20,
     "latency_runs": 10,
 }
+TINY_EVALUATE = {
+    "epsilons": [0.0, 0.1],
+    "robust_epsilon": 0.1,
+    "pgd_steps": 3,
+    "noise_sigmas": [0.2],
+    "occlusion_fractions": [0.25],
+    "shifts": [1],
+    "rotations": [15],
+    "faithfulness_images": 20,
+    "ig_steps": 32,
+    "smoothgrad_samples": 3,
+    "deletion_steps": 8,
+    "random_orders": 2,
+    "latency_runs": 10,
+    "throughput_batch": 8,
+}
 TINY_GAN = {
     "latent_dim": 16,
     "generator_widths": [32, 16],

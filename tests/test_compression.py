@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.compress import markdown_table, measure, target_checks
-from pipeline.compression import (
-    TFLiteModel,
-    make_variants,
-    prune,
-    tensor_dtypes,
-    to_tflite,
-    weight_sparsity,
-)
+from pipeline.compression import make_variants, prune, to_tflite, weight_sparsity
+from pipeline.inference import TFLiteModel, tensor_dtypes
 from pipeline.models import build_classifier
 from pipeline.params import CompressParams, TrainCommon, parse_params
 from pipeline.training import compile_classifier, fit_classifier, make_deterministic

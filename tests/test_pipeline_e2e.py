@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e import (
     TINY_COMPRESS,
+    TINY_EVALUATE,
     TINY_GAN,
     TINY_TRAIN,
     commit,
@@ -26,7 +27,15 @@ MODELS = ("fnn", "cnn", "lstm")
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("project"))
-    update_params(root, {"train": TINY_TRAIN, "gan": TINY_GAN, "compress": TINY_COMPRESS})
+    update_params(
+        root,
+        {
+            "train": TINY_TRAIN,
+            "gan": TINY_GAN,
+            "compress": TINY_COMPRESS,
+            "evaluate": TINY_EVALUATE,
+        },
+    )
     commit(root, "tiny params")
     result = run(root, "dvc", "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -217,13 +226,78 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
         lineage = read(project / f"models/{name}/lineage.json")["run_id"]
         metrics = client.get_run(lineage).data.metrics
         assert metrics["compress.int8.accuracy"] == pytest.approx(variants["int8"]["accuracy"])
-        children = client.search_runs(
-            [client.get_run(lineage).info.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{lineage}'",
-        )
-        assert [c.data.tags["dvc_stage"] for c in children] == ["compress"]
-        assert children[0].info.status == "FINISHED"
+        children = stage_runs(project, lineage, "compress")
+        assert len(children) == 1 and children[0].info.status == "FINISHED"
         assert children[0].data.params["compress.prune_epochs"] == "2"
+
+
+def stage_runs(project: Path, lineage: str, stage: str) -> list:
+    client = mlflow_client(project)
+    return client.search_runs(
+        [client.get_run(lineage).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{lineage}' and tags.dvc_stage = '{stage}'",
+    )
+
+
+def test_evaluate_stage_reports_every_model_into_its_lineage(project: Path):
+    client = mlflow_client(project)
+    for name in MODELS:
+        report = read(project / f"reports/evaluate/{name}.json")
+        train = read(project / f"reports/train/{name}.json")
+        assert report["clean"]["accuracy"] == pytest.approx(train["test_accuracy"])
+        assert set(report["adversarial"]["pgd"]) == {"0", "0.1"}
+        assert report["adversarial"]["pgd"]["0.1"] <= report["adversarial"]["fgsm"]["0.1"]
+        compressed = read(project / f"reports/compress/{name}.json")["variants"]
+        supported = {v for v, r in compressed.items() if r["supported"]}
+        assert set(report["variants"]) == supported
+        for variant, result in report["variants"].items():
+            assert result["accuracy"] == pytest.approx(compressed[variant]["accuracy"])
+            parent = "compressed/" if variant.startswith("pruned") else ""
+            assert result["transferred_attacks"]["crafted_on"].startswith(f"models/{parent}")
+        methods = report["explanations"]["methods"]
+        assert ("grad_cam" in methods) == (name == "cnn")
+        speed = read(project / f"reports/evaluate/{name}_speed.json")
+        assert speed["latency_ms_batch1"] > 0 and speed["wall_time_s"] > 0
+        files = {p.name for p in (project / f"reports/evaluate/{name}").iterdir()}
+        assert files == {
+            "confusion.csv",
+            "adversarial.csv",
+            "reliability.csv",
+            "deletion.csv",
+            "confusion.png",
+            "reliability.png",
+            "robustness.png",
+            "deletion.png",
+            "attributions.png",
+        }
+        lineage = read(project / f"models/{name}/lineage.json")["run_id"]
+        metrics = client.get_run(lineage).data.metrics
+        assert metrics["evaluate.accuracy"] == pytest.approx(report["clean"]["accuracy"])
+        assert metrics["evaluate.robust_accuracy"] == report["adversarial"]["robust_accuracy"]
+        assert metrics["evaluate.latency_ms_batch1"] == pytest.approx(speed["latency_ms_batch1"])
+        (child,) = stage_runs(project, lineage, "evaluate")
+        assert child.data.params["evaluate.pgd_steps"] == "3"
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluate")}
+        assert f"evaluate/{name}.json" in artifacts and f"evaluate/{name}" in artifacts
+
+
+def test_dvc_renders_the_declared_plots_and_metrics(project: Path):
+    result = run(project, "dvc", "plots", "show", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rendered = json.loads(result.stdout)
+    assert not rendered.get("errors"), rendered.get("errors")
+    shown = rendered["data"]
+    for plot in (
+        "confusion_matrices",
+        "adversarial_accuracy",
+        "reliability_diagrams",
+        "deletion_curves",
+        "learning_curves_accuracy",
+        "gan_losses",
+    ):
+        assert shown.get(plot), plot
+    metrics = run(project, "dvc", "metrics", "show", "--json")
+    assert "reports/evaluate/cnn.json" in metrics.stdout
 
 
 def test_noop_repro_runs_no_stage(project: Path):
@@ -268,10 +342,39 @@ def test_mlflow_project_entry_point_reruns_what_changed(project: Path):
     assert "Running stage 'gan'" not in result.stdout  # the GAN depends on the CNN only
     assert "Running stage 'compress@fnn'" in result.stdout
     assert "Running stage 'compress@cnn'" not in result.stdout
+    assert "Running stage 'evaluate@fnn'" in result.stdout
+    assert "Running stage 'evaluate@cnn'" not in result.stdout
     new = [run_ for run_id, run_ in lineage_runs(project).items() if run_id not in before]
     assert [r.info.run_name for r in new] == ["fnn"]
     assert new[0].data.params["model.dropout"] == "0.1"
     assert "mlflow_project_run_id" in new[0].data.tags
+
+
+def test_adversarially_trained_cnn_is_an_experiment_beside_the_plain_one(project: Path):
+    """A DVC experiment flips the train option; MLflow holds both CNN lineages to compare."""
+    plain = read(project / "models/cnn/lineage.json")["run_id"]
+    result = run(
+        project,
+        "dvc",
+        "exp",
+        "run",
+        "--temp",
+        "-S",
+        "train.cnn.adversarial.method=fgsm",
+        "evaluate@cnn",
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Running stage 'train@cnn'" in result.stdout
+    assert "Running stage 'train@fnn'" not in result.stdout
+    runs = lineage_runs(project)
+    robust = [r for r in runs.values() if r.data.params.get("model.adversarial.method") == "fgsm"]
+    assert len(robust) == 1
+    assert robust[0].data.tags["adversarial_training"] == "fgsm"
+    assert runs[plain].data.params["model.adversarial.method"] == "none"
+    for lineage in (runs[plain], robust[0]):
+        assert 0.0 <= lineage.data.metrics["evaluate.robust_accuracy"] <= 1.0
+    # The workspace keeps the plain model: the experiment ran in a temporary copy.
+    assert read(project / "models/cnn/lineage.json")["run_id"] == plain
 
 
 def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
