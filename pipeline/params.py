@@ -219,6 +219,18 @@ class EvaluateParams(Strict):
         return self
 
 
+class PromoteParams(Strict):
+    """Blessing, as TFX's Evaluator does it: a candidate becomes `champion` only if it meets
+    every absolute threshold and falls no more than `tolerance` below the current champion."""
+
+    models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES), min_length=1)
+    min_accuracy: float = Field(0.97, ge=0, le=1)  # test accuracy
+    min_robust_accuracy: float = Field(0.4, ge=0, le=1)  # PGD at evaluate.robust_epsilon
+    max_model_bytes: int = Field(20_000_000, ge=1)  # the saved Keras model, as served
+    max_latency_ms: float = Field(25.0, gt=0)  # single image, Keras under tf.function
+    tolerance: float = Field(0.005, ge=0, le=1)  # allowed drop below the champion
+
+
 class TrackingParams(Strict):
     # MLflow experiment; empty means "named after the dataset" (data.source).
     experiment: str | None = None
@@ -232,6 +244,7 @@ class Params(Strict):
     gan: GanParams = GanParams()
     compress: CompressParams = CompressParams()
     evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
     mlflow: TrackingParams = TrackingParams()
 
     @property

@@ -239,3 +239,67 @@ def log_keras_model(model: Any, input_example: Any, name: str = "model") -> str:
 def _param_value(value: Any) -> str:
     text = "" if value is None else str(value)
     return text[:6000]  # MLflow's limit on a param value
+
+
+def require_store() -> None:
+    """Fail at once, in one line, when the tracking store cannot be reached."""
+    uri = tracking_uri()
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:
+        raise PipelineError(f"MLflow tracking store {unavailable(uri, error)}") from None
+
+
+def run_summary(run_id: str) -> dict[str, Any]:
+    """A run's latest metrics and its tags."""
+    run = MlflowClient(tracking_uri()).get_run(run_id)
+    return {"metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    client = MlflowClient(tracking_uri())
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_dict(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    MlflowClient(tracking_uri()).log_dict(run_id, dict(data), artifact_file)
+
+
+def logged_model_uri(run_id: str) -> str:
+    """The `models:/m-…` URI of the model a lineage run logged (MLflow 3 LoggedModel)."""
+    outputs = MlflowClient(tracking_uri()).get_run(run_id).outputs
+    models = outputs.model_outputs if outputs else []
+    if not models:
+        raise PipelineError(f"MLflow run {run_id} logged no model; rerun its train stage")
+    return f"models:/{models[-1].model_id}"
+
+
+def alias_version(name: str, alias: str) -> dict[str, str] | None:
+    """The registered model version an alias points to: {version, run_id}, or None."""
+    try:
+        found = MlflowClient(tracking_uri()).get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        # No such registered model, or no such alias on it, yet; anything else is a real fault.
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return {"version": str(found.version), "run_id": str(found.run_id)}
+
+
+def register_version(name: str, run_id: str, tags: Mapping[str, Any]) -> str:
+    """The run's model as a version of registered model `name` (reused if already there)."""
+    client = MlflowClient(tracking_uri())
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        number = str(existing[0].version)
+    else:
+        mlflow.set_tracking_uri(tracking_uri())
+        number = str(mlflow.register_model(logged_model_uri(run_id), name).version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, number, key, str(value))
+    return number
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient(tracking_uri()).set_registered_model_alias(name, alias, version)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +118,78 @@ def run(project: Path, *command: str, timeout: int = 900) -> subprocess.Complete
     return subprocess.run(
         list(command), cwd=project, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+TINY_PROMOTE = {
+    "min_accuracy": 0.3,
+    "min_robust_accuracy": 0.0,
+    "max_latency_ms": 1000.0,
+}
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test`
+# No sandbox as root; no background requests to Google's hosts, which are unreachable here.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(project: Path, command: list[str], ready_url: str, timeout: float = 180):
+    """Start a server process in the project; wait until `ready_url` answers; stop it after."""
+    import time
+    import urllib.request
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    log = (project / f"server-{command[1]}.log").open("w")
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise RuntimeError(
+                        f"{' '.join(command)} did not come up: "
+                        + (project / f"server-{command[1]}.log").read_text()[-2000:]
+                    ) from None
+                time.sleep(1)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+@contextlib.contextmanager
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

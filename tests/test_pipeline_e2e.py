@@ -9,14 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from tests.e2e import (
     TINY_COMPRESS,
     TINY_EVALUATE,
     TINY_GAN,
+    TINY_PROMOTE,
     TINY_TRAIN,
+    chromium,
     commit,
     copy_project,
+    free_port,
     run,
+    server,
     update_params,
 )
 
@@ -34,6 +39,7 @@ def project(tmp_path_factory) -> Path:
             "gan": TINY_GAN,
             "compress": TINY_COMPRESS,
             "evaluate": TINY_EVALUATE,
+            "promote": TINY_PROMOTE,
         },
     )
     commit(root, "tiny params")
@@ -300,6 +306,79 @@ def test_dvc_renders_the_declared_plots_and_metrics(project: Path):
     assert "reports/evaluate/cnn.json" in metrics.stdout
 
 
+def test_report_page_is_self_contained_and_renders(project: Path):
+    page_file = project / "reports/index.html"
+    html = page_file.read_text()
+    assert 'src="http' not in html and "url(http" not in html
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        assert all(url.startswith(("file:", "data:")) for url in requested), requested
+        assert page.locator("#compare tbody tr").count() == len(MODELS)
+        broken = page.evaluate(
+            "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length"
+        )
+        images = page.evaluate("document.images.length")
+        assert images >= 1 + 6 * len(MODELS) + 1 and broken == 0  # curves, per model, GAN
+        for heading in ("Models compared", "Learning curves", "GAN", "Provenance"):
+            assert page.get_by_role("heading", name=heading).count() == 1
+        commit_text = page.locator("#provenance dd").first.inner_text()
+        assert len(commit_text.split()[0]) == 40
+        page.screenshot(path=str(project / "reports/index.png"), full_page=True)
+    assert (project / "reports/index.png").stat().st_size > 50_000
+
+
+def test_report_escapes_strings_from_params(project: Path):
+    page_file = project / "reports/index.html"
+    good = page_file.read_bytes()
+    hostile = '<script>alert("x")</script>'
+    params = (project / "params.yaml").read_text()
+    (project / "hostile.yaml").write_text(
+        params.replace("experiment: null", f"experiment: '{hostile}'")
+    )
+    try:
+        result = run(project, "python", "-m", "pipeline.report", "--params", "hostile.yaml")
+        assert result.returncode == 0, result.stderr[-2000:]
+        html = page_file.read_text()
+        assert hostile not in html
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    finally:
+        page_file.write_bytes(good)
+
+
+def test_mlflow_ui_lists_the_runs_with_their_metrics(project: Path):
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("digits").experiment_id
+    cnn = read(project / "models/cnn/lineage.json")["run_id"]
+    port = free_port()
+    command = [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{project / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with server(project, command, f"http://127.0.0.1:{port}/health"), chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
+        for name in MODELS:
+            page.get_by_role("link", name=name, exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(project / "reports/mlflow_runs.png"))
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{cnn}")
+        for metric in ("evaluate.accuracy", "evaluate.robust_accuracy", "test_accuracy"):
+            page.get_by_text(metric, exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(project / "reports/mlflow_run.png"), full_page=True)
+    assert (project / "reports/mlflow_runs.png").stat().st_size > 20_000
+
+
 def test_noop_repro_runs_no_stage(project: Path):
     result = run(project, "dvc", "repro")
     assert result.returncode == 0
@@ -377,6 +456,80 @@ def test_adversarially_trained_cnn_is_an_experiment_beside_the_plain_one(project
     assert read(project / "models/cnn/lineage.json")["run_id"] == plain
 
 
+def test_first_promotion_blesses_every_family(project: Path):
+    result = run(project, "python", "-m", "pipeline.promote")
+    assert result.returncode == 0, result.stderr[-2000:]
+    decisions = read(project / "reports/promotion.json")["models"]
+    client = mlflow_client(project)
+    for name in MODELS:
+        decision = decisions[name]
+        assert decision["decision"] == "champion" and decision["version"] == "1", decision
+        assert decision["registered_model"] == f"digits-{name}"
+        assert any("no champion yet" in reason for reason in decision["reasons"])
+        lineage = read(project / f"models/{name}/lineage.json")["run_id"]
+        assert client.get_model_version_by_alias(f"digits-{name}", "champion").run_id == lineage
+        (child,) = stage_runs(project, lineage, "promote")
+        assert child.data.tags["decision"] == "champion"
+    assert "promote: cnn: champion version 1 of digits-cnn" in result.stdout
+
+
+def test_the_champion_serves_digits_over_http(project: Path):
+    import urllib.request
+
+    import tf_keras as keras
+
+    with np.load(project / "data/prepared/test.npz") as split:
+        x, y = split["x"][:40], split["y"][:40]
+    port = free_port()
+    command = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/digits-cnn@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    with server(project, command, f"http://127.0.0.1:{port}/ping", timeout=300):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.asarray(json.loads(response.read())["predictions"])
+    saved = keras.models.load_model(project / "models/cnn/model.keras", compile=False)
+    np.testing.assert_allclose(served, saved.predict(x, verbose=0), atol=1e-5)
+    assert np.mean(served.argmax(axis=1) == y) > 0.6  # the right digits (chance is 0.1)
+
+
+def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
+    """The README's retrain command, after a param change that makes the CNN worse."""
+    (project / ".venv").symlink_to(REPO / ".venv")
+    stale = run(project, "make", "-q", "setup")
+    assert stale.returncode == 0, "the environment is out of date: run `make setup` first"
+    champion = read(project / "models/cnn/lineage.json")["run_id"]
+    # A learning rate this small leaves the CNN near chance after its four epochs.
+    update_params(project, {"train": {"cnn": {"optimizer": {"learning_rate": 1e-6}}}})
+    result = run(project, "make", "retrain", timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "no DVC remote configured: nothing to pull" in result.stdout
+    assert "Running stage 'evaluate@cnn'" in result.stdout
+    decisions = read(project / "reports/promotion.json")["models"]
+    assert decisions["cnn"]["decision"] == "challenger"
+    assert any(r.startswith("accuracy_vs_champion") for r in decisions["cnn"]["reasons"])
+    assert decisions["fnn"]["reasons"] == ["already the champion: nothing to compare"]
+    assert "Running stage 'train@fnn'" not in result.stdout
+    client = mlflow_client(project)
+    assert client.get_model_version_by_alias("digits-cnn", "champion").run_id == champion
+    challenger = client.get_model_version_by_alias("digits-cnn", "challenger")
+    assert challenger.run_id == read(project / "models/cnn/lineage.json")["run_id"] != champion
+
+
 def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
     """Runs last: plants labels outside the class set; the last good models stay intact."""
     good = {p: file_digest(p) for n in MODELS for p in (project / "models" / n).iterdir()}
@@ -399,3 +552,16 @@ def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
     assert {p: file_digest(p) for p in good} == good
     assert {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS} == good_metrics
     assert read(project / "reports/validation/results.json")["success"] is False
+    # A run that fails validation promotes nothing: the champions stay where they were.
+    client = mlflow_client(project)
+    champions = {n: client.get_model_version_by_alias(f"digits-{n}", "champion") for n in MODELS}
+    promoted = run(project, "python", "-m", "pipeline.promote")
+    assert promoted.returncode == 1
+    assert promoted.stderr.strip().splitlines()[-1] == (
+        "promote: error: reports/validation/results.json: the prepared data failed validation;"
+        " nothing promoted"
+    )
+    for name, before in champions.items():
+        after = client.get_model_version_by_alias(f"digits-{name}", "champion")
+        assert after.version == before.version
+        assert read(project / "reports/promotion.json")["models"][name]["decision"] == "rejected"

@@ -1,0 +1,202 @@
+"""report: one self-contained page comparing every model, reports/index.html.
+
+Reads what the other stages wrote (metrics, figures, validation results, the manifest) and
+embeds every image, so the page opens from disk with no network. Strings from data, params and
+runs are escaped by the template engine (Jinja2 autoescape).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline import tracking
+from pipeline.cli import PipelineError, run_stage, stage_parser
+from pipeline.io import read_json, write_text
+from pipeline.params import MODEL_NAMES, Params, flatten, load_params
+from pipeline.prepared import PREPARED_DIR
+from pipeline.train import MODEL_FILE, MODELS_DIR
+from pipeline.validate import RESULTS, failures
+
+REPORT = Path("reports/index.html")
+TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
+REPORTS = Path("reports")
+
+
+def read(path: Path) -> dict[str, Any]:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run `dvc repro` to make it") from None
+    except ValueError:
+        raise PipelineError(f"{path}: not valid JSON") from None
+
+
+def png_data_uri(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run `dvc repro` to make it") from None
+    if not data.startswith(b"\x89PNG"):
+        raise PipelineError(f"{path}: not a PNG image")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def history(path: Path) -> dict[str, list[float]]:
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run `dvc repro` to make it") from None
+    return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
+
+
+def learning_curves_png(histories: dict[str, dict[str, list[float]]]) -> str:
+    """Validation accuracy and loss per epoch for every family, drawn in memory."""
+    from pipeline.figures import _pyplot
+
+    plt = _pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for index, (name, curves) in enumerate(histories.items()):
+        epochs, color = curves["epoch"], f"C{index}"
+        left.plot(epochs, curves["val_accuracy"], color=color, label=f"{name} validation")
+        left.plot(epochs, curves["accuracy"], color=color, linestyle=":", label=f"{name} train")
+        right.plot(epochs, curves["val_loss"], color=color, label=f"{name} validation")
+    left.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0.8, 1.0))
+    right.set(xlabel="epoch", ylabel="loss", title="validation loss", yscale="log")
+    for axes in (left, right):
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def model_row(name: str) -> dict[str, Any]:
+    """The comparison table's row: one family's headline numbers from every stage."""
+    train = read(REPORTS / "train" / f"{name}.json")
+    evaluated = read(REPORTS / "evaluate" / f"{name}.json")
+    speed = read(REPORTS / "evaluate" / f"{name}_speed.json")
+    compressed = read(REPORTS / "compress" / f"{name}.json")
+    variants = compressed["variants"]
+
+    def variant(key: str, field: str) -> float | None:
+        return variants[key][field] if variants.get(key, {}).get("supported") else None
+
+    return {
+        "name": name,
+        "accuracy": evaluated["clean"]["accuracy"],
+        "macro_f1": evaluated["clean"]["macro_f1"],
+        "ece": evaluated["clean"]["ece"],
+        "robust_accuracy": evaluated["adversarial"]["robust_accuracy"],
+        "robust_epsilon": evaluated["adversarial"]["robust_epsilon"],
+        "corruption_accuracy": sum(v for c in evaluated["corruptions"].values() for v in c.values())
+        / sum(len(c) for c in evaluated["corruptions"].values()),
+        "parameters": train["parameters"],
+        "epochs": train["epochs_trained"],
+        "keras_bytes": (MODELS_DIR / name / MODEL_FILE).stat().st_size,
+        "keras_gzip_bytes": compressed["keras_float"]["size_gzip_bytes"],
+        "int8_accuracy": variant("int8", "accuracy"),
+        "int8_gzip_bytes": variant("int8", "size_gzip_bytes"),
+        "pruned_int8_gzip_bytes": variant("pruned_int8", "size_gzip_bytes"),
+        "latency_ms": speed["latency_ms_batch1"],
+        "throughput": speed["throughput_per_s_large_batch"],
+        "large_batch": speed["large_batch"],
+        "int8_latency_ms": variants["int8"]["speed"]["latency_ms_median"]
+        if variants.get("int8", {}).get("supported")
+        else None,
+        "most_faithful": evaluated["explanations"]["faithfulness"]["most_faithful"],
+        "fgsm": evaluated["adversarial"]["fgsm"],
+        "pgd": evaluated["adversarial"]["pgd"],
+        "deletion_auc": evaluated["explanations"]["faithfulness"]["deletion_auc"],
+        "deletion_auc_random": evaluated["explanations"]["faithfulness"]["deletion_auc_random"],
+        "ig_completeness_max": evaluated["explanations"]["ig_completeness_error"]["max"],
+        "unmet_targets": [k for k, c in evaluated["targets"].items() if not c["met"]]
+        + [k for k, c in compressed["targets"].items() if not c["met"]],
+        "figures": {  # in page order; the robustness panels take a whole row
+            "confusion matrix": png_data_uri(REPORTS / "evaluate" / name / "confusion.png"),
+            "reliability": png_data_uri(REPORTS / "evaluate" / name / "reliability.png"),
+            "compression trade-off": png_data_uri(REPORTS / "compress" / f"{name}_tradeoff.png"),
+            "robustness": png_data_uri(REPORTS / "evaluate" / name / "robustness.png"),
+            "deletion curves": png_data_uri(REPORTS / "evaluate" / name / "deletion.png"),
+            "attributions": png_data_uri(REPORTS / "evaluate" / name / "attributions.png"),
+        },
+    }
+
+
+def latest_sample_grid(folder: Path) -> tuple[str, str]:
+    grids = sorted(folder.glob("epoch_*.png"))
+    if not grids:
+        raise PipelineError(f"{folder}: no GAN sample grids; run `dvc repro gan`")
+    return grids[-1].stem.removeprefix("epoch_").lstrip("0") or "0", png_data_uri(grids[-1])
+
+
+def context(params: Params) -> dict[str, Any]:
+    manifest = read(PREPARED_DIR / "manifest.json")
+    validation = read(RESULTS)
+    gan_epoch, gan_grid = latest_sample_grid(MODELS_DIR / "gan" / "samples")
+    git = tracking.git_state()
+    return {
+        "title": f"Model report: {params.experiment_name}",
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "models": [model_row(name) for name in MODEL_NAMES],
+        "learning_curves": learning_curves_png(
+            {name: history(MODELS_DIR / name / "history.csv") for name in MODEL_NAMES}
+        ),
+        "gan": {
+            "metrics": read(REPORTS / "gan" / "metrics.json"),
+            "epoch": gan_epoch,
+            "grid": gan_grid,
+        },
+        "validation": {
+            "success": validation["success"],
+            "suite": validation["suite"],
+            "rows": validation["rows"],
+            "expectations": sum(len(items) for items in validation["splits"].values()),
+            "failures": failures(validation["splits"]),
+        },
+        "provenance": {
+            "git_commit": git.get("git_commit", "unknown"),
+            "git_dirty": git.get("git_dirty", "unknown"),
+            "data_source": manifest["source"],
+            "data_hash": manifest["content_hash"],
+            "splits": {split: s["count"] for split, s in manifest["splits"].items()},
+            "image_shape": manifest["image_shape"],
+            "params": flatten(params),
+            "versions": {
+                k.removeprefix("version."): v for k, v in tracking.package_versions().items()
+            },
+        },
+    }
+
+
+def render(values: dict[str, Any]) -> str:
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        autoescape=True,  # every string from data, params or runs is escaped
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["num"] = lambda v, digits=4: "–" if v is None else f"{v:.{digits}f}"
+    environment.filters["kib"] = lambda v: "–" if v is None else f"{v / 1024:,.1f} KiB"
+    return environment.get_template(TEMPLATE.name).render(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = stage_parser("report", __doc__ or "").parse_args(argv)
+    params = load_params(args.params)
+    write_text(REPORT, render(context(params)))
+    print(f"report: {len(MODEL_NAMES)} models compared -> {REPORT}")
+
+
+if __name__ == "__main__":
+    run_stage("report", main)

@@ -1,0 +1,135 @@
+"""Blessing and the model registry: the rules as pure functions, then real MLflow registries in
+SQLite stores (runs with real logged tf_keras models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.params import PromoteParams
+from pipeline.promote import (
+    ACCURACY,
+    CHALLENGER,
+    CHAMPION,
+    LATENCY,
+    ROBUST_ACCURACY,
+    SIZE,
+    bless,
+    promote_family,
+    validated,
+)
+
+RULES = PromoteParams(
+    min_accuracy=0.9, min_robust_accuracy=0.3, max_model_bytes=1000, max_latency_ms=5.0
+)
+GOOD = {ACCURACY: 0.95, ROBUST_ACCURACY: 0.5, SIZE: 500.0, LATENCY: 1.0}
+
+
+def reasons(checks: list[dict]) -> list[str]:
+    return [c["reason"] for c in checks if not c["passed"]]
+
+
+def test_first_candidate_meeting_every_threshold_is_blessed():
+    blessed, checks = bless(GOOD, None, RULES)
+    assert blessed and len(checks) == 4 and not reasons(checks)
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "failed"),
+    [
+        (ACCURACY, 0.85, "accuracy 0.85 fails >= 0.9"),
+        (ROBUST_ACCURACY, 0.2, "robust_accuracy 0.2 fails >= 0.3"),
+        (SIZE, 2000.0, "model_bytes 2000 fails <= 1000"),
+        (LATENCY, 9.5, "latency_ms 9.5 fails <= 5"),
+    ],
+)
+def test_each_absolute_threshold_can_refuse(metric, value, failed):
+    blessed, checks = bless({**GOOD, metric: value}, None, RULES)
+    assert not blessed and reasons(checks) == [failed]
+
+
+def test_worse_than_the_champion_beyond_the_tolerance_is_refused():
+    champion = {**GOOD, ACCURACY: 0.97}
+    blessed, checks = bless({**GOOD, ACCURACY: 0.96}, champion, RULES)  # tolerance 0.005
+    assert not blessed
+    assert reasons(checks) == ["accuracy_vs_champion 0.96 fails >= 0.965"]
+    blessed, _ = bless({**GOOD, ACCURACY: 0.966}, champion, RULES)
+    assert blessed  # within the tolerance
+
+
+def test_a_metric_that_was_never_measured_refuses():
+    candidate = {k: v for k, v in GOOD.items() if k != ROBUST_ACCURACY}
+    blessed, checks = bless(candidate, None, RULES)
+    assert not blessed and "robust_accuracy: not measured" in reasons(checks)[0]
+
+
+def test_only_validated_data_counts():
+    assert validated({"success": True, "content_hash": "abc"}, "abc") == []
+    assert "failed validation" in validated({"success": False, "content_hash": "abc"}, "abc")[0]
+    assert "not the validated data" in validated({"success": True, "content_hash": "x"}, "abc")[0]
+
+
+def candidate(tmp_path: Path, family: str, accuracy: float, data_hash: str = "h") -> str:
+    """A lineage run as the stages leave it: a logged model, evaluate metrics, lineage.json."""
+    import tf_keras as keras
+
+    from pipeline import tracking
+
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
+    model = keras.Model(inputs, outputs)
+    with tracking.lineage_run("digits", family, {"data_hash": data_hash}) as run_id:
+        tracking.log_keras_model(model, np.zeros((2, 8, 8, 1), np.float32))
+        tracking.log_metrics(run_id, {**GOOD, ACCURACY: accuracy})
+    folder = tmp_path / "models" / family
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lineage.json").write_text(json.dumps({"run_id": run_id}))
+    return run_id
+
+
+def test_registry_keeps_the_champion_against_a_worse_candidate(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    validation = {"success": True, "content_hash": "h"}
+
+    first = candidate(tmp_path, "cnn", 0.95)
+    decision = promote_family("cnn", "digits", RULES, validation)
+    assert decision["decision"] == CHAMPION and decision["version"] == "1"
+    assert any("no champion yet" in r for r in decision["reasons"])
+    assert client.get_model_version_by_alias("digits-cnn", CHAMPION).run_id == first
+
+    worse = candidate(tmp_path, "cnn", 0.93)
+    decision = promote_family("cnn", "digits", RULES, validation)
+    assert decision["decision"] == CHALLENGER and decision["version"] == "2"
+    assert decision["reasons"] == ["accuracy_vs_champion 0.93 fails >= 0.945"]
+    assert client.get_model_version_by_alias("digits-cnn", CHAMPION).run_id == first
+    assert client.get_model_version_by_alias("digits-cnn", CHALLENGER).run_id == worse
+    assert client.get_run(worse).data.tags["promotion.decision"] == CHALLENGER
+
+    better = candidate(tmp_path, "cnn", 0.97)
+    assert promote_family("cnn", "digits", RULES, validation)["decision"] == CHAMPION
+    assert client.get_model_version_by_alias("digits-cnn", CHAMPION).run_id == better
+    again = promote_family("cnn", "digits", RULES, validation)
+    assert again["version"] == "3" and again["reasons"] == [
+        "already the champion: nothing to compare"
+    ]
+    assert len(client.search_model_versions("name = 'digits-cnn'")) == 3
+
+
+def test_unvalidated_data_registers_nothing(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    candidate(tmp_path, "fnn", 0.99, data_hash="other")
+    decision = promote_family("fnn", "digits", RULES, {"success": True, "content_hash": "h"})
+    assert decision["decision"] == "rejected" and decision["version"] is None
+    assert MlflowClient(uri).search_registered_models() == []
