@@ -64,7 +64,8 @@ def main() -> None:
     )
     plain = evaluate_metrics(client, plain_id)
     robust_metrics = evaluate_metrics(client, robust.info.run_id)
-    adversarial = params.train.cnn.adversarial
+    # What the experiment trained with: the workspace's block with the method switched on.
+    adversarial = params.train.cnn.adversarial.model_copy(update={"method": method})
     rows = ["accuracy", "ece", "corruption_accuracy_mean"] + [
         f"{attack}.eps_{epsilon:g}"
         for attack in ("fgsm", "pgd")
