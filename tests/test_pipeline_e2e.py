@@ -317,7 +317,8 @@ def test_report_page_is_self_contained_and_renders(project: Path):
         page.goto(page_file.as_uri())
         page.wait_for_load_state("load")
         assert all(url.startswith(("file:", "data:")) for url in requested), requested
-        assert page.locator("#compare tbody tr").count() == len(MODELS)
+        tables = page.locator("#compare table")  # quality, then size and speed
+        assert [tables.nth(i).locator("tbody tr").count() for i in range(2)] == [3, 3]
         broken = page.evaluate(
             "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length"
         )
@@ -479,7 +480,7 @@ def test_the_champion_serves_digits_over_http(project: Path):
     import tf_keras as keras
 
     with np.load(project / "data/prepared/test.npz") as split:
-        x, y = split["x"][:40], split["y"][:40]
+        x, y = split["x"], split["y"]  # the whole test split
     port = free_port()
     command = [
         "mlflow",
@@ -504,7 +505,12 @@ def test_the_champion_serves_digits_over_http(project: Path):
             served = np.asarray(json.loads(response.read())["predictions"])
     saved = keras.models.load_model(project / "models/cnn/model.keras", compile=False)
     np.testing.assert_allclose(served, saved.predict(x, verbose=0), atol=1e-5)
-    assert np.mean(served.argmax(axis=1) == y) > 0.6  # the right digits (chance is 0.1)
+    # The served champion gets the digits right as often as evaluate measured (chance is 0.1).
+    accuracy = float(np.mean(served.argmax(axis=1) == y))
+    assert accuracy == pytest.approx(
+        read(project / "reports/evaluate/cnn.json")["clean"]["accuracy"]
+    )
+    assert accuracy > 0.3
 
 
 def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
