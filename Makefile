@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test-tools run test lint ui retrain
+.PHONY: setup test-tools run test lint ui retrain serve
 
 # The environment, rebuilt only when the dependency pins change.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -49,6 +49,15 @@ retrain: setup
 	python -m pipeline.promote
 	@if [ -n "$$(dvc remote list)" ]; then dvc push; \
 		else echo "retrain: no DVC remote configured: nothing to push"; fi
+
+# Serve a registered model on this machine only: `make serve MODEL=digits-cnn ALIAS=champion`.
+# The models are tf_keras (Keras 2) models: the server must load them with the legacy Keras.
+MODEL ?= digits-cnn
+ALIAS ?= champion
+PORT  ?= 5001
+serve: setup
+	TF_USE_LEGACY_KERAS=1 MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+		mlflow models serve -m "models:/$(MODEL)@$(ALIAS)" --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # The MLflow UI on the pipeline's store, on this machine only.
 ui: setup

@@ -147,14 +147,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(project: Path, command: list[str], ready_url: str, timeout: float = 180):
-    """Start a server process in the project; wait until `ready_url` answers; stop it after."""
+def server(
+    project: Path, command: list[str], ready_url: str, timeout: float = 180, clean: bool = False
+):
+    """Start a server process in the project; wait until `ready_url` answers; stop it after.
+    `clean`: without the variables this test process set up (as a user's shell would be)."""
     import time
     import urllib.request
 
     env = dict(os.environ)
+    if clean:
+        for key in ("TF_USE_LEGACY_KERAS", "MLFLOW_TRACKING_URI", "PYTHONPATH"):
+            env.pop(key, None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    if not clean:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
     log = (project / f"server-{command[1]}.log").open("w")
     process = subprocess.Popen(
         command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -481,21 +481,11 @@ def test_the_champion_serves_digits_over_http(project: Path):
 
     with np.load(project / "data/prepared/test.npz") as split:
         x, y = split["x"], split["y"]  # the whole test split
+    link_environment(project)
     port = free_port()
-    command = [
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        "models:/digits-cnn@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    with server(project, command, f"http://127.0.0.1:{port}/ping", timeout=300):
+    command = ["make", "serve", "MODEL=digits-cnn", "ALIAS=champion", f"PORT={port}"]
+    # As from a user's shell: nothing inherited from this process's TensorFlow set-up.
+    with server(project, command, f"http://127.0.0.1:{port}/ping", timeout=300, clean=True):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps({"inputs": x.tolist()}).encode(),
@@ -513,11 +503,17 @@ def test_the_champion_serves_digits_over_http(project: Path):
     assert accuracy > 0.3
 
 
-def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
-    """The README's retrain command, after a param change that makes the CNN worse."""
-    (project / ".venv").symlink_to(REPO / ".venv")
+def link_environment(project: Path) -> None:
+    """Let `make` in the copy use this checkout's environment instead of building one."""
+    if not (project / ".venv").exists():
+        (project / ".venv").symlink_to(REPO / ".venv")
     stale = run(project, "make", "-q", "setup")
     assert stale.returncode == 0, "the environment is out of date: run `make setup` first"
+
+
+def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
+    """The README's retrain command, after a param change that makes the CNN worse."""
+    link_environment(project)
     champion = read(project / "models/cnn/lineage.json")["run_id"]
     # A learning rate this small leaves the CNN near chance after its four epochs.
     update_params(project, {"train": {"cnn": {"optimizer": {"learning_rate": 1e-6}}}})
