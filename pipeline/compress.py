@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
+from pipeline.artifacts import MODEL_FILE, MODELS_DIR, read_lineage
 from pipeline.cli import run_stage, stage_parser
 from pipeline.figures import save_tradeoff_png
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, load_prepared
-from pipeline.train import MODEL_FILE, MODELS_DIR, read_lineage
 
 COMPRESSED_DIR = MODELS_DIR / "compressed"
 REPORTS = Path("reports/compress")

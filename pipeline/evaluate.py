@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
+from pipeline.artifacts import MODEL_FILE, MODELS_DIR, read_lineage
 from pipeline.cli import run_stage, stage_parser
 from pipeline.compress import COMPRESSED_DIR
 from pipeline.io import atomic_path, write_json
 from pipeline.params import MODEL_NAMES, EvaluateParams, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, load_prepared
-from pipeline.train import MODEL_FILE, MODELS_DIR, read_lineage
 
 REPORTS = Path("reports/evaluate")
 PRUNED_PARENT = "pruned.keras"

@@ -24,14 +24,14 @@ def image_grid(images: np.ndarray, scale: int = 4, pad: int = 1) -> np.ndarray:
 
 
 def save_grid_png(path: Path, images: np.ndarray, scale: int = 4) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     with atomic_path(path) as tmp:
         plt.imsave(tmp, image_grid(images, scale), cmap="gray", vmin=0.0, vmax=1.0, format="png")
 
 
 def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
     """Size (gzipped KiB, log scale) against test accuracy, a labelled point per variant."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
     for (size, accuracy), names in coincident(points).items():
         axes.scatter(size, accuracy, s=36)
@@ -65,7 +65,7 @@ def coincident(points: list[dict], tolerance: float = 0.05) -> dict[tuple[float,
     return groups
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +75,7 @@ def _pyplot() -> Any:
 
 
 def _save(figure: Any, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     try:
         figure.tight_layout()
         with atomic_path(path) as tmp:
@@ -86,7 +86,7 @@ def _save(figure: Any, path: Path) -> None:
 
 def save_confusion_png(path: Path, matrix: np.ndarray, title: str) -> None:
     """Counts of (true class, predicted class), darker for more; the diagonal is right."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     figure, axes = plt.subplots(figsize=(5.2, 4.6), dpi=110)
     image = axes.imshow(matrix, cmap="Blues")
@@ -117,7 +117,7 @@ def save_confusion_png(path: Path, matrix: np.ndarray, title: str) -> None:
 def save_reliability_png(path: Path, bins: list[dict], ece: float, title: str) -> None:
     """Reliability diagram: accuracy per confidence bin against the diagonal of perfect
     calibration, with the bin counts underneath."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, (top, bottom) = plt.subplots(
         2, 1, figsize=(5, 5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
@@ -152,7 +152,7 @@ def save_curves_png(
     xlabel: str = "severity",
 ) -> None:
     """One panel per perturbation family; in each, a line per series (x: severity)."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(
@@ -188,7 +188,7 @@ def save_attribution_grid_png(
 ) -> None:
     """Rows: images; columns: the image, then each method's attribution over it (each map
     scaled to its own maximum magnitude)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows, columns = len(images), 1 + len(maps)
     figure, axes = plt.subplots(
         rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.4), dpi=110, squeeze=False

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from pipeline import tracking
+from pipeline.artifacts import MODEL_FILE, MODELS_DIR, read_lineage
 from pipeline.cli import PipelineError, run_stage, stage_parser
 from pipeline.figures import save_grid_png
 from pipeline.gan_metrics import agreement, balanced_labels, coverage, frechet_distance
@@ -31,7 +32,7 @@ from pipeline.params import (
     load_params,
 )
 from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
-from pipeline.train import MODEL_FILE, MODELS_DIR, history_csv, read_lineage
+from pipeline.train import history_csv
 from pipeline.training import (
     compile_classifier,
     fit_classifier,

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
+from pipeline.artifacts import MODELS_DIR, read_lineage
 from pipeline.cli import PipelineError, run_stage, stage_parser
 from pipeline.io import read_json, write_json
 from pipeline.params import PromoteParams, flatten, load_params
-from pipeline.train import MODELS_DIR, read_lineage
 from pipeline.validate import RESULTS
 
 REPORT = Path("reports/promotion.json")

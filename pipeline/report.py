@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline.artifacts import MODEL_FILE, MODELS_DIR
 from pipeline.cli import PipelineError, run_stage, stage_parser
 from pipeline.io import read_json, write_text
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR
-from pipeline.train import MODEL_FILE, MODELS_DIR
+from pipeline.provenance import git_state, package_versions
 from pipeline.validate import RESULTS, failures
 
 REPORT = Path("reports/index.html")
@@ -57,9 +57,9 @@ def history(path: Path) -> dict[str, list[float]]:
 
 def learning_curves_png(histories: dict[str, dict[str, list[float]]]) -> str:
     """Validation accuracy and loss per epoch for every family, drawn in memory."""
-    from pipeline.figures import _pyplot
+    from pipeline.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     for index, (name, curves) in enumerate(histories.items()):
         epochs, color = curves["epoch"], f"C{index}"
@@ -141,7 +141,7 @@ def context(params: Params) -> dict[str, Any]:
     manifest = read(PREPARED_DIR / "manifest.json")
     validation = read(RESULTS)
     gan_epoch, gan_grid = latest_sample_grid(MODELS_DIR / "gan" / "samples")
-    git = tracking.git_state()
+    git = git_state()
     return {
         "title": f"Model report: {params.experiment_name}",
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -169,9 +169,7 @@ def context(params: Params) -> dict[str, Any]:
             "splits": {split: s["count"] for split, s in manifest["splits"].items()},
             "image_shape": manifest["image_shape"],
             "params": flatten(params),
-            "versions": {
-                k.removeprefix("version."): v for k, v in tracking.package_versions().items()
-            },
+            "versions": {k.removeprefix("version."): v for k, v in package_versions().items()},
         },
     }
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,17 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import PipelineError
+from pipeline.provenance import git_state, package_versions
 
-PACKAGES = (
-    "tensorflow",
-    "tf_keras",
-    "tensorflow-model-optimization",
-    "mlflow",
-    "dvc",
-    "great_expectations",
-    "numpy",
-    "scikit-learn",
-)
 _CREDENTIALS = re.compile(r"//[^/@\s]+@")  # user[:password]@ inside any URL
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params/tags and 1,000 metrics per call
 
@@ -88,38 +78,6 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
-
-
-def git_state() -> dict[str, str]:
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-        return result.stdout.strip() if result.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    # Dirty means code or params differ from the commit. DVC itself rewrites dvc.lock and the
-    # metrics under reports/ while `dvc repro` runs, so those do not count.
-    dirty = (
-        git(
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            ".",
-            ":(exclude)dvc.lock",
-            ":(exclude)reports",
-        )
-        if commit
-        else ""
-    )
-    return {"git_commit": commit or "none", "git_dirty": str(bool(dirty)).lower()}
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for package in PACKAGES:
-        with contextlib.suppress(PackageNotFoundError):
-            versions[f"version.{package}"] = version(package)
-    return versions
 
 
 @contextlib.contextmanager

@@ -14,17 +14,15 @@ from typing import Any
 import numpy as np
 
 from pipeline import tracking
-from pipeline.cli import PipelineError, run_stage, stage_parser
+from pipeline.artifacts import LINEAGE_FILE, MODEL_FILE, MODELS_DIR
+from pipeline.cli import run_stage, stage_parser
 from pipeline.datasets import SPLITS
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import atomic_path, write_json
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
 from pipeline.validate import require_validated
 
-MODELS_DIR = Path("models")
 TRAIN_REPORTS = Path("reports/train")
-MODEL_FILE = "model.keras"
-LINEAGE_FILE = "lineage.json"
 
 
 def lineage_params(params: Params, name: str) -> dict[str, Any]:
@@ -38,19 +36,6 @@ def lineage_params(params: Params, name: str) -> dict[str, Any]:
         **flatten(params.train.common, "train"),
         **flatten(params.train.model(name), "model"),  # type: ignore[arg-type]
     }
-
-
-def read_lineage(folder: Path) -> dict[str, Any]:
-    """`<model folder>/lineage.json`: the model's MLflow run id, written by the train stage."""
-    path = Path(folder) / LINEAGE_FILE
-    try:
-        lineage = read_json(path)
-        run_id = str(lineage["run_id"])
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run the stage that trains this model") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path}: not a lineage record (needs a run_id)") from None
-    return {**lineage, "run_id": run_id}
 
 
 def history_csv(history: dict[str, list[float]]) -> str:

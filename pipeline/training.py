@@ -43,21 +43,19 @@ class AdversarialTraining(keras.Model):
     def __init__(self, classifier: keras.Model, p: AdversarialParams) -> None:
         super().__init__(name=f"{classifier.name}_adversarial")
         self.classifier = classifier
-        self.method, self.epsilon, self.weight = p.method, p.epsilon, p.weight
-        self.steps = 1 if p.method == "fgsm" else p.steps
+        self.random_start = p.method == "pgd"  # FGSM: one full-epsilon step from the image
+        self.epsilon, self.weight = p.epsilon, p.weight
+        self.steps = p.steps if self.random_start else 1
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.classifier(x, training=training)
 
     def attack(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        def loss(target: tf.Tensor, predicted: tf.Tensor) -> tf.Tensor:
-            return self.loss(target, predicted)
-
-        if self.method == "fgsm":
-            return linf_attack(self.classifier, x, y, self.epsilon, 1, self.epsilon, loss=loss)
+        if not self.random_start:
+            return linf_attack(self.classifier, x, y, self.epsilon, 1, self.epsilon, loss=self.loss)
         start = tf.random.uniform(tf.shape(x), -self.epsilon, self.epsilon)
         step = 2.5 * self.epsilon / self.steps
-        return linf_attack(self.classifier, x, y, self.epsilon, self.steps, step, start, loss)
+        return linf_attack(self.classifier, x, y, self.epsilon, self.steps, step, start, self.loss)
 
     def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
         x, y = data
