@@ -50,15 +50,21 @@ retrain: setup
 	@if [ -n "$$(dvc remote list)" ]; then dvc push; \
 		else echo "retrain: no DVC remote configured: nothing to push"; fi
 
-# Serve a registered model on this machine only: `make serve MODEL=digits-cnn ALIAS=champion`.
+# Servers listen on this machine only unless HOST names another address (HOST=0.0.0.0: every
+# interface, for a team behind a firewall); credentials come from the environment, never here.
+HOST ?= 127.0.0.1
+
+# Serve a registered model: `make serve MODEL=digits-cnn ALIAS=champion`.
 # The models are tf_keras (Keras 2) models: the server must load them with the legacy Keras.
 MODEL ?= digits-cnn
 ALIAS ?= champion
 PORT  ?= 5001
 serve: setup
 	TF_USE_LEGACY_KERAS=1 MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-		mlflow models serve -m "models:/$(MODEL)@$(ALIAS)" --env-manager local -h 127.0.0.1 -p $(PORT)
+		mlflow models serve -m "models:/$(MODEL)@$(ALIAS)" --env-manager local -h $(HOST) -p $(PORT)
 
-# The MLflow UI on the pipeline's store, on this machine only.
+# The MLflow UI on the pipeline's store: `make ui`, then http://127.0.0.1:5000.
+UI_PORT ?= 5000
 ui: setup
-	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000
+	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host $(HOST) --port $(UI_PORT) \
+		--workers 1

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import NoReturn
 
 
 class PipelineError(Exception):
@@ -17,8 +20,17 @@ def debug_enabled(argv: Sequence[str] | None = None) -> bool:
     return "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so runs and temporary files are closed on the way out."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=description)
+    parser = _OneLineParser(prog=f"python -m pipeline.{stage}", description=description)
     parser.add_argument(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
@@ -29,9 +41,11 @@ def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
 def run_stage(stage: str, main: Callable[[Sequence[str] | None], None]) -> None:
     """Run a stage's main(); turn failures into one line on stderr and a non-zero exit.
 
-    Exit codes: 0 success, 1 expected failure (PipelineError), 2 unexpected error, 130 interrupt.
+    Exit codes: 0 success, 1 expected failure (PipelineError, or a file that cannot be read or
+    written), 2 unexpected error, 130 interrupt, 143 SIGTERM.
     """
     argv = sys.argv[1:]
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)
     except PipelineError as error:
@@ -39,15 +53,24 @@ def run_stage(stage: str, main: Callable[[Sequence[str] | None], None]) -> None:
             raise
         print(f"{stage}: error: {error}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"{stage}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as error:  # an unexpected failure is a bug: say so in one line
+    except KeyboardInterrupt as error:
+        how = "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted"
+        print(f"{stage}: {how}; its outputs were left as they were", file=sys.stderr)
+        sys.exit(143 if isinstance(error, Terminated) else 130)
+    except Exception as error:
         if debug_enabled(argv):
             raise
+        if isinstance(error, OSError) and error.filename:  # disk full, unwritable folder
+            print(f"{stage}: error: {error.filename}: {error.strerror or error}", file=sys.stderr)
+            sys.exit(1)
+        # Anything else is a bug: say so in one line.
         print(
             f"{stage}: internal error: {type(error).__name__}: {error} "
             "(rerun with --debug or PIPELINE_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
         sys.exit(2)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()

@@ -7,7 +7,9 @@ Writes models/compressed/<name>/ (the .tflite files and pruned.keras) and report
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import gzip
 import io
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ from pipeline.figures import save_tradeoff_png
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, load_prepared
+from pipeline.timing import StageTimer
 
 COMPRESSED_DIR = MODELS_DIR / "compressed"
 REPORTS = Path("reports/compress")
@@ -230,63 +233,73 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params: Params = load_params(args.params)
     name = args.model
-    prepared = load_prepared(PREPARED_DIR)
-    keras_file = MODELS_DIR / name / MODEL_FILE
-    lineage = read_lineage(MODELS_DIR / name)
-
-    from pipeline.compression import make_variants
-    from pipeline.models import build_classifier, load_keras
-
-    model = load_keras(keras_file)
+    timer = StageTimer(f"compress@{name}")
+    with timer.phase("data"):
+        prepared = load_prepared(PREPARED_DIR)
+        keras_file = MODELS_DIR / name / MODEL_FILE
+        lineage = read_lineage(MODELS_DIR / name)
+    with timer.phase("imports"):
+        from pipeline.compression import make_variants
+        from pipeline.models import build_classifier, load_keras
+    with timer.phase("data"):
+        model = load_keras(keras_file)
     p, common = params.compress, params.train.common
     num_classes = int(prepared.manifest["num_classes"])
-    with tracking.stage_run(lineage["run_id"], "compress", {"model_family": name}) as child:
-        tracking.log_params(child, {"seed": params.seed, **flatten(p, "compress")})
-        # The same architecture without batch norm, for folding before pruning-preserving QAT.
-        plain_params = params.train.model_copy(
-            update={name: params.train.model(name).model_copy(update={"batch_norm": False})}
-        )
-        variants = make_variants(
-            model,
-            prepared["train"],
-            p,
-            common,
-            num_classes,
-            params.seed,
-            build_plain=lambda: build_classifier(
-                name, plain_params, prepared.image_shape, num_classes
-            ),
-        )
-        report = measure(
-            variants, model, keras_file, prepared["test"], p.latency_runs, p.throughput_batch
-        )
-        report["targets"] = target_checks(report, p.target_sparsity)
+    with contextlib.ExitStack() as stack:
+        with timer.phase("logging"):
+            child = stack.enter_context(
+                tracking.stage_run(lineage["run_id"], "compress", {"model_family": name})
+            )
+            tracking.log_params(child, {"seed": params.seed, **flatten(p, "compress")})
+        with timer.phase("compute"):
+            # The same architecture without batch norm, for folding before pruning-preserving QAT.
+            plain_params = params.train.model_copy(
+                update={name: params.train.model(name).model_copy(update={"batch_norm": False})}
+            )
+            variants = make_variants(
+                model,
+                prepared["train"],
+                p,
+                common,
+                num_classes,
+                params.seed,
+                build_plain=lambda: build_classifier(
+                    name, plain_params, prepared.image_shape, num_classes
+                ),
+            )
+            report = measure(
+                variants, model, keras_file, prepared["test"], p.latency_runs, p.throughput_batch
+            )
+            report["targets"] = target_checks(report, p.target_sparsity)
         folder = COMPRESSED_DIR / name
-        with atomic_path(folder) as staging:
-            staging.mkdir()
-            for variant in variants:
-                if variant.tflite:
-                    (staging / f"{variant.name}.tflite").write_bytes(variant.tflite)
-            pruned = [v.source for v in variants if v.name == "pruned" and v.source is not None]
-            if pruned:
-                pruned[0].save(staging / "pruned.keras")
-        points = tradeoff_points(report)
-        write_json(REPORTS / f"{name}.json", report)
-        write_text(REPORTS / f"{name}.md", markdown_table(name, report))
-        write_text(REPORTS / f"{name}_tradeoff.csv", points_csv(points))
-        save_tradeoff_png(REPORTS / f"{name}_tradeoff.png", points, f"{name}: size vs accuracy")
-        metrics = headline_metrics(report)
-        tracking.log_metrics(child, metrics)
-        tracking.log_metrics(lineage["run_id"], metrics)
-        tracking.log_artifacts(
-            child,
-            [
-                REPORTS / f"{name}{suffix}"
-                for suffix in (".json", ".md", "_tradeoff.png", "_tradeoff.csv")
-            ],
-            "compress",
-        )
-        tracking.log_artifacts(child, [folder], "compress")
+        with timer.phase("outputs"):
+            with atomic_path(folder) as staging:
+                staging.mkdir()
+                for variant in variants:
+                    if variant.tflite:
+                        (staging / f"{variant.name}.tflite").write_bytes(variant.tflite)
+                for variant in variants:
+                    if variant.name == "pruned" and variant.source is not None:
+                        variant.source.save(staging / "pruned.keras")
+            points = tradeoff_points(report)
+            write_json(REPORTS / f"{name}.json", report)
+            write_text(REPORTS / f"{name}.md", markdown_table(name, report))
+            write_text(REPORTS / f"{name}_tradeoff.csv", points_csv(points))
+            save_tradeoff_png(REPORTS / f"{name}_tradeoff.png", points, f"{name}: size vs accuracy")
+        with timer.phase("logging"), tracking.after_outputs([folder, REPORTS / f"{name}.json"]):
+            metrics = headline_metrics(report)
+            tracking.log_metrics(child, metrics)
+            tracking.log_metrics(lineage["run_id"], metrics)
+            tracking.log_artifacts(
+                child,
+                [
+                    REPORTS / f"{name}{suffix}"
+                    for suffix in (".json", ".md", "_tradeoff.png", "_tradeoff.csv")
+                ],
+                "compress",
+            )
+            tracking.log_artifacts(child, [folder], "compress")
+        timer.finish(functools.partial(tracking.log_metrics, lineage["run_id"]))
     unmet = [k for k, c in report["targets"].items() if not c["met"]]
     unsupported = [k for k, v in report["variants"].items() if not v["supported"]]
     print(

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
+from typing import BinaryIO
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.cli import PipelineError
 
@@ -31,6 +33,27 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+# IDX and .npy headers say how much data follows; a corrupt one can claim terabytes. Claims past
+# this are refused before reading (EMNIST ByClass, the largest MNIST-style set, is ~0.6 GB).
+MAX_ARRAY_BYTES = 2**32
+_CHUNK = 2**20  # untrusted streams are read in steps, so memory follows the bytes really there
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+# What a corrupt NPZ raises from zipfile (NotImplementedError: a zip version or feature it lacks),
+# zlib, and numpy's .npy header parser (a Python literal read with ast, then tokenize).
+NPZ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    LookupError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+    SyntaxError,
+    TokenError,
+)
 
 
 @dataclass(frozen=True)
@@ -51,12 +74,18 @@ def as_images(x: np.ndarray, y: np.ndarray, origin: str) -> tuple[np.ndarray, np
             f"{origin}: labels must be a vector with one entry per image "
             f"(images {x.shape[0]}, labels shape {y.shape})"
         )
-    whole = np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)
-    if not (np.issubdtype(y.dtype, np.integer) or whole):
+    if len(x) == 0:
+        raise PipelineError(f"{origin}: holds no images")
+    # By kind: np.issubdtype counts timedelta64 as an integer.
+    if y.dtype.kind not in "uif":
         raise PipelineError(f"{origin}: labels must be integers, got dtype {y.dtype}")
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+    with np.errstate(invalid="ignore"):  # NaN, inf and 1e300 fail the comparison below instead
+        labels = y.astype(np.int64)
+    if not np.array_equal(labels, y):  # an exact comparison in NumPy 2, uint64 included
+        raise PipelineError(f"{origin}: labels must be integers within int64, got dtype {y.dtype}")
+    if x.dtype.kind not in "uif":
         raise PipelineError(f"{origin}: images must be numeric, got dtype {x.dtype}")
-    return x, y.astype(np.int64)
+    return x, labels
 
 
 def pixel_max_for(x: np.ndarray) -> float:
@@ -92,49 +121,106 @@ def load_keras_dataset(name: str) -> RawData:
 def load_npz(path: Path) -> RawData:
     """An NPZ with arrays `x` (images) and `y` (labels); never unpickles objects."""
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise PipelineError(f"{path}: not an NPZ archive (an .npz with arrays x and y)")
-        with loaded as archive:
-            missing = {"x", "y"} - set(archive.files)
-            if missing:
-                raise PipelineError(f"{path}: missing array(s) {sorted(missing)} (needs x and y)")
-            x, y = archive["x"], archive["y"]
-    except PipelineError:
-        raise
+        x, y = read_npz(path)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+    except NPZ_ERRORS as error:
         raise PipelineError(f"{path}: not a readable NPZ file ({describe(error)})") from None
     x, y = as_images(x, y, str(path))
     return RawData(x=x, y=y, pixel_max=pixel_max_for(x))
 
 
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays `x` and `y` of an NPZ file. Raises PipelineError if it is no zip or lacks them,
+    one of NPZ_ERRORS if it is corrupt."""
+    with open(path, "rb") as file:
+        if file.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # what np.load calls a zip
+            raise PipelineError(f"{path}: not an NPZ archive (an .npz with arrays x and y)")
+        with zipfile.ZipFile(file) as archive:
+            missing = sorted({"x.npy", "y.npy"} - set(archive.namelist()))
+            if missing:
+                names = [name.removesuffix(".npy") for name in missing]
+                raise PipelineError(f"{path}: missing array(s) {names} (needs x and y)")
+            return _read_npy(archive, "x.npy"), _read_npy(archive, "y.npy")
+
+
+def _read_npy(archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """One .npy member, never unpickled. Read here, not by np.load, which allocates the shape a
+    header claims before reading any data."""
+    info = archive.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 1:
+        raise ValueError(f"{name}: encrypted or compressed as numpy never writes")
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in _NPY_HEADERS:
+            raise ValueError(f"{name}: unsupported .npy format version {version}")
+        shape, fortran_order, dtype = _NPY_HEADERS[version](member)
+        if dtype.hasobject:
+            raise ValueError(f"{name}: holds Python objects, which would need unpickling")
+        if min(shape, default=0) < 0 or _too_large(shape, dtype):
+            raise ValueError(f"{name}: implausible shape {shape} for dtype {dtype}")
+        size = math.prod(shape) * dtype.itemsize
+        data = _read_at_most(member, size + 1)
+    if len(data) != size:
+        raise ValueError(f"{name}: header promises {size} data bytes, found {len(data)}")
+    order = "F" if fortran_order else "C"
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
+
+
+def _too_large(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Over MAX_ARRAY_BYTES, zero dimensions counted as one: numpy refuses to shape even an
+    empty array whose other dimensions overflow its index type."""
+    return math.prod(max(n, 1) for n in shape) * dtype.itemsize > MAX_ARRAY_BYTES
+
+
+def _read_at_most(stream: BinaryIO, limit: int) -> bytearray:
+    """Up to `limit` bytes, read in steps: memory grows with the data, not with a claimed size."""
+    data = bytearray()
+    while len(data) < limit and (chunk := stream.read(min(limit - len(data), _CHUNK))):
+        data += chunk
+    return data
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """One IDX file (gzipped or not) as an array, with every header field checked."""
+    """One IDX file (gzipped or not) as an array, with every header field checked. Data are read
+    no further than the header promises: a few KB of gzip can inflate to gigabytes."""
     try:
-        raw = Path(path).read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as file:
+            gzipped = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            stream = gzip.GzipFile(fileobj=file) if gzipped else file
+            raw = _read_at_most(stream, _CHUNK)  # the header, and the whole of a small file
+            dtype, shape, header = _idx_header(raw, path)
+            if _too_large(shape, dtype):
+                raise PipelineError(
+                    f"{path}: IDX header claims shape {shape} of {dtype}, "
+                    f"more than the {MAX_ARRAY_BYTES} bytes this loader reads"
+                )
+            expected = math.prod(shape) * dtype.itemsize  # exact: np.prod would wrap around
+            raw += _read_at_most(stream, header + expected + 1 - len(raw))
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise PipelineError(f"{path}: not a readable gzip file ({describe(error)})") from None
+    if len(raw) - header != expected:
+        held = len(raw) - header if len(raw) - header < expected else "more"
+        raise PipelineError(
+            f"{path}: IDX header promises {expected} data bytes for shape {shape}, "
+            f"file holds {held} (truncated or corrupt)"
+        )
+    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))  # native byte order, writable
+
+
+def _idx_header(raw: bytearray, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """The data type, shape and header length an IDX file's first bytes declare."""
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise PipelineError(f"{path}: not an IDX file (bad magic number)")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise PipelineError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise PipelineError(
-            f"{path}: IDX header promises {expected} data bytes for shape {shape}, "
-            f"file holds {len(raw) - header} (truncated or corrupt)"
-        )
-    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    return array.astype(dtype.newbyteorder("="))  # native byte order, writable
+    return dtype, struct.unpack(f">{ndim}I", raw[4:header]), header
 
 
 def load_idx(folder: Path) -> RawData:
@@ -198,6 +284,9 @@ def stratified_split(
     if counts.min() < 3:
         rare = classes[counts < 3].tolist()
         raise PipelineError(f"data: class(es) {rare} have fewer than 3 images; cannot stratify")
+    # Deferred: scikit-learn costs ~0.8 s to import, and every stage imports this module.
+    from sklearn.model_selection import train_test_split
+
     try:
         x_rest, x_test, y_rest, y_test = train_test_split(
             x, y, test_size=test_fraction, stratify=y, random_state=seed

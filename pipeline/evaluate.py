@@ -9,7 +9,9 @@ CSV files behind `dvc plots`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +27,7 @@ from pipeline.compress import COMPRESSED_DIR
 from pipeline.io import atomic_path, write_json
 from pipeline.params import MODEL_NAMES, EvaluateParams, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, load_prepared
+from pipeline.timing import StageTimer
 
 REPORTS = Path("reports/evaluate")
 PRUNED_PARENT = "pruned.keras"
@@ -422,54 +425,67 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     name, p = args.model, params.evaluate
-    prepared = load_prepared(PREPARED_DIR)
-    lineage = read_lineage(MODELS_DIR / name)
+    timer = StageTimer(f"evaluate@{name}")
+    with timer.phase("data"):
+        prepared = load_prepared(PREPARED_DIR)
+        lineage = read_lineage(MODELS_DIR / name)
     started = time.perf_counter()
-
-    from pipeline.inference import load_tflite
-    from pipeline.models import load_keras
-    from pipeline.training import predict_proba
+    with timer.phase("imports"):
+        from pipeline.inference import load_tflite
+        from pipeline.models import load_keras
+        from pipeline.training import predict_proba
 
     # Every model file is checked before any work: a missing or corrupt one is named at once.
-    model = load_keras(MODELS_DIR / name / MODEL_FILE)
-    compressed = COMPRESSED_DIR / name
-    pruned_file = compressed / PRUNED_PARENT
-    pruned = load_keras(pruned_file) if pruned_file.exists() else None
-    variants = {}
-    for path in sorted(compressed.glob("*.tflite")):
-        parent, parent_file = (
-            (pruned, pruned_file)
-            if path.stem.startswith("pruned") and pruned is not None
-            else (model, MODELS_DIR / name / MODEL_FILE)
-        )
-        variants[path.stem] = (load_tflite(path).predict, parent, str(parent_file))
+    with timer.phase("data"):
+        model = load_keras(MODELS_DIR / name / MODEL_FILE)
+        compressed = COMPRESSED_DIR / name
+        pruned_file = compressed / PRUNED_PARENT
+        pruned = load_keras(pruned_file) if pruned_file.exists() else None
+        variants = {}
+        for path in sorted(compressed.glob("*.tflite")):
+            parent, parent_file = (
+                (pruned, pruned_file)
+                if path.stem.startswith("pruned") and pruned is not None
+                else (model, MODELS_DIR / name / MODEL_FILE)
+            )
+            variants[path.stem] = (load_tflite(path).predict, parent, str(parent_file))
     num_classes = int(prepared.manifest["num_classes"])
     x, y = prepared["test"]
-    with tracking.stage_run(lineage["run_id"], "evaluate", {"model_family": name}) as child:
-        tracking.log_params(child, {"seed": params.seed, **flatten(p, "evaluate")})
-        report, grid = evaluate_model(
-            model, variants, prepared["test"], num_classes, p, params.seed
-        )
-        # The saved Keras model's size: what serving loads, and what promotion bounds.
-        model_bytes = (MODELS_DIR / name / MODEL_FILE).stat().st_size
-        report = {"model": name, "model_bytes": model_bytes, **report}
-        speed = keras_speed(model, x, p)
+    with contextlib.ExitStack() as stack:
+        with timer.phase("logging"):
+            child = stack.enter_context(
+                tracking.stage_run(lineage["run_id"], "evaluate", {"model_family": name})
+            )
+            tracking.log_params(child, {"seed": params.seed, **flatten(p, "evaluate")})
+        with timer.phase("compute"):
+            report, grid = evaluate_model(
+                model, variants, prepared["test"], num_classes, p, params.seed
+            )
+            # The saved Keras model's size: what serving loads, and what promotion bounds.
+            model_bytes = (MODELS_DIR / name / MODEL_FILE).stat().st_size
+            report = {"model": name, "model_bytes": model_bytes, **report}
+            speed = keras_speed(model, x, p)
+            predicted = predict_proba(model, x).argmax(axis=1)
         folder = REPORTS / name
-        with atomic_path(folder) as staging:
-            staging.mkdir()
-            tables = plot_tables(report, y, predict_proba(model, x).argmax(axis=1))
-            for filename, text in tables.items():
-                (staging / filename).write_text(text, encoding="utf-8")
-            write_figures(staging, name, report, grid)
-        speed["wall_time_s"] = time.perf_counter() - started
-        write_json(REPORTS / f"{name}.json", report)
-        write_json(REPORTS / f"{name}_speed.json", speed)
-        metrics = headline_metrics(report, speed)
-        tracking.log_metrics(child, metrics)
-        tracking.log_metrics(lineage["run_id"], metrics)
-        tracking.log_artifacts(
-            child, [REPORTS / f"{name}.json", REPORTS / f"{name}_speed.json", folder], "evaluate"
-        )
+        with timer.phase("outputs"):
+            with atomic_path(folder) as staging:
+                staging.mkdir()
+                for filename, text in plot_tables(report, y, predicted).items():
+                    (staging / filename).write_text(text, encoding="utf-8")
+                write_figures(staging, name, report, grid)
+            speed["wall_time_s"] = time.perf_counter() - started
+            write_json(REPORTS / f"{name}.json", report)
+            write_json(REPORTS / f"{name}_speed.json", speed)
+        with timer.phase("logging"), tracking.after_outputs([folder, REPORTS / f"{name}.json"]):
+            metrics = headline_metrics(report, speed)
+            tracking.log_metrics(child, metrics)
+            tracking.log_metrics(lineage["run_id"], metrics)
+            tracking.log_artifacts(
+                child,
+                [REPORTS / f"{name}.json", REPORTS / f"{name}_speed.json", folder],
+                "evaluate",
+            )
+        timer.finish(functools.partial(tracking.log_metrics, lineage["run_id"]))
     unmet = [k for k, c in report["targets"].items() if not c["met"]]
     clean = report["clean"]
     print(

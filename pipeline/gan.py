@@ -6,6 +6,8 @@ reports/gan/metrics.json; its MLflow run is the GAN's lineage like any other mod
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ from pipeline.params import (
     load_params,
 )
 from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
+from pipeline.timing import StageTimer
 from pipeline.train import history_csv
 from pipeline.training import (
     compile_classifier,
@@ -222,12 +225,14 @@ def lineage_params(params: Params) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    timer = StageTimer("gan")
     args = stage_parser("gan", __doc__ or "").parse_args(argv)
     params = load_params(args.params)
-    prepared = load_prepared(PREPARED_DIR)
-    require_validated(prepared)
-    classifier = load_keras(JUDGE)
-    judge_run = read_lineage(JUDGE.parent)["run_id"]
+    with timer.phase("data"):
+        prepared = load_prepared(PREPARED_DIR)
+        require_validated(prepared)
+        classifier = load_keras(JUDGE)
+        judge_run = read_lineage(JUDGE.parent)["run_id"]
     tags = {
         "model_family": "gan",
         "dvc_stage": "gan",
@@ -237,34 +242,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         "judge_model": str(JUDGE),
         "judge_run_id": judge_run,
     }
-    with tracking.lineage_run(params.experiment_name, "gan", tags) as run_id:
-        tracking.log_params(run_id, lineage_params(params))
+    with contextlib.ExitStack() as stack:
+        with timer.phase("logging"):
+            run_id = stack.enter_context(tracking.lineage_run(params.experiment_name, "gan", tags))
+            tracking.log_params(run_id, lineage_params(params))
         with atomic_path(GAN_DIR) as staging:  # models/gan/ appears whole or not at all
-            started = time.perf_counter()
-            generator, losses = train_gan(params.gan, prepared, params.seed, staging / "samples")
-            train_seconds = time.perf_counter() - started
-            metrics = judge(generator, classifier, prepared, params.gan, params.seed)
-            generator.save(staging / GENERATOR_FILE)
-            (staging / "losses.csv").write_text(history_csv(losses), encoding="utf-8")
-            write_json(
-                staging / "lineage.json", {"run_id": run_id, "experiment": params.experiment_name}
-            )
-        write_json(METRICS, metrics)
+            with timer.phase("compute"):
+                started = time.perf_counter()
+                generator, losses = train_gan(
+                    params.gan, prepared, params.seed, staging / "samples"
+                )
+                train_seconds = time.perf_counter() - started
+                metrics = judge(generator, classifier, prepared, params.gan, params.seed)
+            with timer.phase("outputs"):
+                generator.save(staging / GENERATOR_FILE)
+                (staging / "losses.csv").write_text(history_csv(losses), encoding="utf-8")
+                write_json(
+                    staging / "lineage.json",
+                    {"run_id": run_id, "experiment": params.experiment_name},
+                )
+        with timer.phase("outputs"):
+            write_json(METRICS, metrics)
         # Logged after the outputs exist: a logging failure must not lose the generator.
-        tracking.log_series(
-            run_id, {f"epoch/{key}": list(enumerate(v, 1)) for key, v in losses.items()}
-        )
-        # Wall time goes to MLflow only: metrics.json stays identical across identical runs.
-        tracking.log_metrics(
-            run_id,
-            {**{key: float(v) for key, v in metrics.items()}, "train_seconds": train_seconds},
-        )
-        tracking.log_artifacts(run_id, [GAN_DIR / "samples", GAN_DIR / "losses.csv"], "gan")
-        example = {
-            "latent": np.zeros((2, params.gan.latent_dim), np.float32),
-            "label": np.arange(2, dtype=np.int32),
-        }
-        tracking.log_keras_model(generator, example)
+        with timer.phase("logging"), tracking.after_outputs([GAN_DIR, METRICS]):
+            tracking.log_series(
+                run_id, {f"epoch/{key}": list(enumerate(v, 1)) for key, v in losses.items()}
+            )
+            # Wall time goes to MLflow only: metrics.json stays identical across identical runs.
+            tracking.log_metrics(
+                run_id,
+                {**{key: float(v) for key, v in metrics.items()}, "train_seconds": train_seconds},
+            )
+            tracking.log_artifacts(run_id, [GAN_DIR / "samples", GAN_DIR / "losses.csv"], "gan")
+            example = {
+                "latent": np.zeros((2, params.gan.latent_dim), np.float32),
+                "label": np.arange(2, dtype=np.int32),
+            }
+            tracking.log_keras_model(generator, example)
+        timer.finish(functools.partial(tracking.log_metrics, run_id))
     summary = ", ".join(
         f"{key} {metrics[key]:.3f}"
         for key in (

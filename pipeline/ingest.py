@@ -8,6 +8,7 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.datasets import load_source, scale_pixels, stratified_split
 from pipeline.params import DataParams, load_params
 from pipeline.prepared import PREPARED_DIR, Prepared, build_manifest, write_prepared
+from pipeline.timing import StageTimer
 
 
 def prepare(data: DataParams, seed: int) -> Prepared:
@@ -28,10 +29,14 @@ def prepare(data: DataParams, seed: int) -> Prepared:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    timer = StageTimer("ingest")
     args = stage_parser("ingest", __doc__ or "").parse_args(argv)
     params = load_params(args.params)
-    prepared = prepare(params.data, params.seed)
-    write_prepared(prepared, PREPARED_DIR)
+    with timer.phase("data"):
+        prepared = prepare(params.data, params.seed)
+    with timer.phase("outputs"):
+        write_prepared(prepared, PREPARED_DIR)
+    timer.finish()
     counts = {name: split["count"] for name, split in prepared.manifest["splits"].items()}
     print(
         f"ingest: {params.data.source} -> {PREPARED_DIR} {counts} hash {prepared.content_hash[:12]}"

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli import PipelineError
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -25,14 +27,20 @@ def atomic_path(target: Path) -> Iterator[Path]:
     the temporary path is removed and `target` is left as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise unwritable(target, error) from None
     old = target.with_name(f".{target.name}.old")
     if old.is_dir() and not target.exists():
         old.rename(target)  # a crash fell between the two renames of an earlier swap
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.rmdir()  # the caller decides whether it becomes a file or a directory
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as error:  # disk full, file too large, folder gone: name the output
+            raise unwritable(target, error) from None
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
@@ -45,6 +53,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def unwritable(target: Path, error: OSError) -> PipelineError:
+    """One line naming the output that could not be written, and why; the old one is kept."""
+    blocker = next((p for p in (target.parent, *target.parents) if p.is_file()), None)
+    reason = f"{blocker} is a file, not a folder" if blocker else (error.strerror or str(error))
+    return PipelineError(f"{target}: cannot write ({reason}); any previous version is kept")
 
 
 def write_text(path: Path, text: str) -> None:

@@ -6,6 +6,7 @@ stops the stage before any work, with one line naming the key and the problem.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -275,22 +276,42 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise PipelineError(f"{path}: invalid YAML{where}") from None
+    except RecursionError:
+        raise PipelineError(f"{path}: invalid YAML (nested too deeply)") from None
+    except ValueError as error:  # a scalar PyYAML cannot convert: 2024-13-01, a 5000-digit int
+        raise PipelineError(f"{path}: invalid YAML value ({_first_line(error)})") from None
     return parse_params(raw, str(path))
+
+
+# Values are shown bounded: one built from YAML aliases can print as gigabytes.
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 80
 
 
 def describe_errors(error: ValidationError) -> str:
     """All schema errors on one line: `train.cnn.dropout: must be < 1 (got 1.5)`."""
     parts = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = ".".join(map(_show_key, item["loc"])) or "(top level)"
         if item["type"] == "extra_forbidden":
             parts.append(f"{key}: unknown key")
             continue
         message = item["msg"].removeprefix("Value error, ")
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) else f" (got {_SHOW.repr(value)})"
         parts.append(f"{key}: {message}{shown}")
     return "; ".join(parts)
+
+
+def _show_key(part: str | int) -> str:
+    """A key as written, or quoted if it holds line breaks or other control characters."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

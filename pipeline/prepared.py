@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cli import PipelineError
-from pipeline.datasets import SPLITS, describe
+from pipeline.datasets import NPZ_ERRORS, SPLITS, describe, read_npz
 from pipeline.io import atomic_path, hash_arrays, read_json, write_json
 
 PREPARED_DIR = Path("data/prepared")
@@ -69,16 +68,19 @@ def write_prepared(prepared: Prepared, folder: Path = PREPARED_DIR) -> None:
 
 def load_prepared(folder: Path = PREPARED_DIR) -> Prepared:
     folder = Path(folder)
+    path = folder / MANIFEST  # the file being read, for the error message
     try:
-        manifest = read_json(folder / MANIFEST)
+        manifest = read_json(path)
+        if not isinstance(manifest, dict):
+            raise PipelineError(f"{path}: not a manifest (a JSON object)")
         splits = {}
         for name in SPLITS:
-            with np.load(folder / f"{name}.npz", allow_pickle=False) as archive:
-                splits[name] = (archive["x"], archive["y"])
+            path = folder / f"{name}.npz"
+            splits[name] = read_npz(path)
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run the ingest stage first") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise PipelineError(f"{folder}: unreadable prepared data ({describe(error)})") from None
+    except (*NPZ_ERRORS, RecursionError) as error:  # RecursionError: JSON nested too deeply
+        raise PipelineError(f"{path}: unreadable prepared data ({describe(error)})") from None
     if content_hash(splits) != manifest.get("content_hash"):
         raise PipelineError(f"{folder}: arrays do not match the manifest's content hash")
     return Prepared(splits=splits, manifest=manifest)

@@ -18,7 +18,8 @@ from pipeline.artifacts import MODELS_DIR, read_lineage
 from pipeline.cli import PipelineError, run_stage, stage_parser
 from pipeline.io import read_json, write_json
 from pipeline.params import PromoteParams, flatten, load_params
-from pipeline.validate import RESULTS
+from pipeline.prepared import MANIFEST, PREPARED_DIR
+from pipeline.validate import REJECTED_DIR, RESULTS
 
 REPORT = Path("reports/promotion.json")
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -127,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         validation = read_json(RESULTS)
     except (FileNotFoundError, ValueError):
         raise PipelineError(f"{RESULTS}: no validation results; run `dvc repro` first") from None
+    # Results left from an earlier run do not vouch for data ingested since: when validation
+    # fails, the last good results stay in place while data/prepared holds the rejected data.
+    stale = validation.get("content_hash") != prepared_hash()
+    if stale:
+        validation = {**validation, "success": False}
     tracking.require_store()
     decisions = {
         family: promote_family(family, params.experiment_name, p, validation) for family in p.models
@@ -137,8 +143,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"promote: {family}: {d['decision']}{version} of {d['registered_model']}")
         for reason in d["reasons"]:
             print(f"  - {reason}")
+    if stale:
+        raise PipelineError(
+            f"{PREPARED_DIR} holds data that {RESULTS} does not vouch for (failures, if any, in "
+            f"{REJECTED_DIR}); nothing promoted"
+        )
     if not validation.get("success"):
         raise PipelineError(f"{RESULTS}: the prepared data failed validation; nothing promoted")
+
+
+def prepared_hash() -> str | None:
+    try:
+        return str(read_json(PREPARED_DIR / MANIFEST)["content_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 if __name__ == "__main__":

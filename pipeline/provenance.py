@@ -1,11 +1,15 @@
-"""Where a result came from: the git commit and the versions of the libraries that made it.
-Kept apart from MLflow, so that stages that only report (no tracking) need not import it."""
+"""Where a result came from: the git commit, the inputs as DVC hashes them, and the versions of
+the libraries that made it. Kept apart from MLflow, so that stages that only report (no
+tracking) need not import it."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 PACKAGES = (
     "tensorflow",
@@ -49,3 +53,22 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             versions[f"version.{package}"] = version(package)
     return versions
+
+
+def dvc_inputs(stage: str) -> dict[str, Any]:
+    """What dvc.lock records for `stage`'s inputs, computed by DVC itself: files and folders by
+    md5, params by value; `digest` sums them up. A stage run outside its DVC project (by hand,
+    elsewhere) gets the reason instead: provenance must not stop the work."""
+    try:
+        from dvc.repo import Repo
+
+        with Repo(".") as repo:
+            (found,) = repo.stage.collect(stage)
+            inputs = {}
+            for dep in found.deps:
+                dep.save()
+                inputs[str(dep.def_path)] = dep.hash_info.value
+    except Exception as error:  # DVC's own errors vary by cause; all mean "not recorded"
+        return {"error": f"{type(error).__name__}: {error}"[:300]}
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return {"inputs": inputs, "digest": hashlib.md5(text.encode()).hexdigest()}

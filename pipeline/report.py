@@ -21,6 +21,7 @@ from pipeline.io import read_json, write_text
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR
 from pipeline.provenance import git_state, package_versions
+from pipeline.timing import StageTimer
 from pipeline.validate import RESULTS, failures
 
 REPORT = Path("reports/index.html")
@@ -190,9 +191,14 @@ def render(values: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    timer = StageTimer("report")
     args = stage_parser("report", __doc__ or "").parse_args(argv)
     params = load_params(args.params)
-    write_text(REPORT, render(context(params)))
+    with timer.phase("data"):
+        page = context(params)
+    with timer.phase("outputs"):
+        write_text(REPORT, render(page))
+    timer.finish()
     print(f"report: {len(MODEL_NAMES)} models compared -> {REPORT}")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from importlib.metadata import version
@@ -17,12 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import PipelineError
-from pipeline.provenance import git_state, package_versions
+from pipeline.provenance import dvc_inputs, git_state, package_versions
 
 _CREDENTIALS = re.compile(r"//[^/@\s]+@")  # user[:password]@ inside any URL
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params/tags and 1,000 metrics per call
@@ -47,6 +49,18 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def open_store(uri: str) -> MlflowClient:
+    """A client for the store. A SQLite store is first put in write-ahead-log mode (kept in the
+    file): stages of experiments queued side by side then read while another writes, and a
+    writer waits its turn instead of failing with "database is locked"."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if path.parent.is_dir():
+            with contextlib.closing(sqlite3.connect(path, timeout=30)) as connection:
+                connection.execute("PRAGMA journal_mode=WAL")
+    return MlflowClient(uri)
+
+
 def redact(uri: str) -> str:
     """The URI without any user:password part, for messages."""
     parts = urlsplit(uri)
@@ -58,9 +72,22 @@ def redact(uri: str) -> str:
 
 
 def unavailable(uri: str, error: BaseException) -> str:
-    """`<uri> unavailable: <first line of the error>`, with credentials removed from both."""
-    reason = _CREDENTIALS.sub("//***@", str(error).splitlines()[0] if str(error) else "")
-    return f"{redact(uri)} unavailable: {reason[:300]}"
+    """`<uri> unavailable: <first line of the root cause>`, with credentials removed."""
+    return f"{redact(uri)} unavailable: {reason(error)}"
+
+
+def reason(error: BaseException) -> str:
+    """The first line of the innermost error (SQLAlchemy's wrappers say "autoflush" where
+    SQLite said "database is locked"), without credentials, at most 300 characters."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or error.__context__ or getattr(error, "orig", None)
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        error = inner
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return _CREDENTIALS.sub("//***@", text)[:300]
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -94,13 +121,24 @@ def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iter
     all_tags = {**git_state(), **package_versions(), **{k: str(v) for k, v in tags.items()}}
     if project_run:
         all_tags["mlflow_project_run_id"] = project_run
+    inputs = dvc_inputs(str(tags.get("dvc_stage", run_name)))
+    all_tags["dvc_inputs_md5"] = inputs.get("digest", inputs.get("error", ""))
     try:
-        experiment_id = ensure_experiment(MlflowClient(uri), experiment)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags)
+        client = open_store(uri)
+        experiment_id = ensure_experiment(client, experiment)
+        end_orphans(client, experiment_id)
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags={**all_tags, **_process_tags()}
+        )
     except Exception as error:
         raise PipelineError(f"MLflow tracking store {unavailable(uri, error)}") from None
     with run:
-        yield run.info.run_id
+        mlflow.log_dict(inputs, "provenance/dvc_inputs.json")
+        try:
+            yield run.info.run_id
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: KILLED, where other errors give FAILED
+            mlflow.end_run("KILLED")
+            raise
 
 
 @contextlib.contextmanager
@@ -113,9 +151,12 @@ def stage_run(lineage_run_id: str, stage: str, tags: Mapping[str, Any]) -> Itera
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    family = tags.get("model_family")
+    inputs = dvc_inputs(f"{stage}@{family}" if family else stage)
     try:
+        client = open_store(uri)
         parent = client.get_run(lineage_run_id)
+        end_orphans(client, parent.info.experiment_id)
         child = client.create_run(
             parent.info.experiment_id,
             run_name=f"{parent.info.run_name}-{stage}",
@@ -123,9 +164,13 @@ def stage_run(lineage_run_id: str, stage: str, tags: Mapping[str, Any]) -> Itera
                 "mlflow.parentRunId": lineage_run_id,
                 "dvc_stage": stage,
                 **git_state(),
+                **package_versions(),
+                **_process_tags(),
+                "dvc_inputs_md5": inputs.get("digest", inputs.get("error", "")),
                 **{k: str(v) for k, v in tags.items()},
             },
         )
+        client.log_dict(child.info.run_id, inputs, "provenance/dvc_inputs.json")
     except Exception as error:
         raise PipelineError(
             f"MLflow lineage run {lineage_run_id} in {unavailable(uri, error)}"
@@ -141,9 +186,62 @@ def stage_run(lineage_run_id: str, stage: str, tags: Mapping[str, Any]) -> Itera
         client.set_terminated(child.info.run_id, status)
 
 
+@contextlib.contextmanager
+def after_outputs(outputs: list[Path]) -> Iterator[None]:
+    """Logging done after a stage's outputs are written: should it fail, say that the outputs
+    are complete and stay, in one line (the run itself ends FAILED)."""
+    try:
+        yield
+    except (KeyboardInterrupt, PipelineError):
+        raise
+    except Exception as error:
+        kept = ", ".join(str(p) for p in outputs)
+        raise PipelineError(
+            f"MLflow logging failed after the outputs were written ({kept} are complete and "
+            f"kept): {type(error).__name__}: {reason(error)}"
+        ) from None
+
+
+def _process_tags() -> dict[str, str]:
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is still a pipeline process on this host (a reused pid is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return b"pipeline" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc here: trust the signal check
+
+
+def end_orphans(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING runs this host started whose process is gone: a stage killed
+    with SIGKILL (or a lost machine) cannot end its own run."""
+    host = socket.gethostname().replace("'", "")
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.host = '{host}'",
+        max_results=200,
+    )
+    ended = []
+    for run in runs:
+        pid = run.data.tags.get("pid", "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "ended_by", f"pid {os.getpid()}: process {pid} gone")
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     items = [Param(key, _param_value(value)) for key, value in sorted(params.items())]
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     for start in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[start : start + _BATCH])
 
@@ -160,14 +258,14 @@ def log_series(run_id: str, series: Mapping[str, list[tuple[int, float]]]) -> No
         for key, points in series.items()
         for step, value in points
     ]
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     for start in range(0, len(items), 10 * _BATCH):
         client.log_batch(run_id, metrics=items[start : start + 10 * _BATCH])
 
 
 def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
     """Files and folders under `artifact_path`; a folder keeps its own name (`gan/samples/`)."""
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri())
     for path in paths:
         if path.is_dir():
             folder = f"{artifact_path}/{path.name}" if artifact_path else path.name
@@ -203,7 +301,7 @@ def require_store() -> None:
     """Fail at once, in one line, when the tracking store cannot be reached."""
     uri = tracking_uri()
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        open_store(uri).search_experiments(max_results=1)
     except Exception as error:
         raise PipelineError(f"MLflow tracking store {unavailable(uri, error)}") from None
 
@@ -215,9 +313,10 @@ def run_summary(run_id: str) -> dict[str, Any]:
 
 
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    items = [RunTag(key, str(value)) for key, value in tags.items()]
     client = MlflowClient(tracking_uri())
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    for start in range(0, len(items), _BATCH):
+        client.log_batch(run_id, tags=items[start : start + _BATCH])
 
 
 def log_dict(run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:

@@ -5,8 +5,12 @@ Writes models/<name>/ (model.keras, history.csv, lineage.json) and reports/train
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import hashlib
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,11 @@ from pipeline.datasets import SPLITS
 from pipeline.io import atomic_path, write_json
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
+from pipeline.timing import StageTimer
 from pipeline.validate import require_validated
 
 TRAIN_REPORTS = Path("reports/train")
+CHECKPOINTS = Path(".checkpoints")  # interrupted trainings, kept until a rerun completes them
 
 
 def lineage_params(params: Params, name: str) -> dict[str, Any]:
@@ -48,12 +54,23 @@ def history_csv(history: dict[str, list[float]]) -> str:
     return buffer.getvalue()
 
 
-def train_classifier(name: str, params: Params, prepared: Prepared) -> tuple[Any, dict, dict]:
-    """Build, fit and score a classifier. Returns (model, history, metrics)."""
+def checkpoint_dir(name: str, params: Params, prepared: Prepared) -> Path:
+    """Where an interrupted training waits to resume, keyed by everything that defines the model:
+    a rerun with other params or data starts afresh."""
+    key = json.dumps([lineage_params(params, name), prepared.content_hash], default=str)
+    return CHECKPOINTS / f"train_{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def train_classifier(
+    name: str, params: Params, prepared: Prepared, checkpoints: Path | None = None
+) -> tuple[Any, dict, dict]:
+    """Build, fit and score a classifier; with `checkpoints`, resume an interrupted fit.
+    Returns (model, history, metrics)."""
     # TensorFlow is imported here, after params and data have been checked: bad input fails
     # in well under a second instead of after TensorFlow's ~4 s import.
     from pipeline.models import build_classifier
     from pipeline.training import (
+        Resumable,
         compile_classifier,
         fit_classifier,
         make_deterministic,
@@ -69,9 +86,19 @@ def train_classifier(name: str, params: Params, prepared: Prepared) -> tuple[Any
     model = build_classifier(name, params.train, prepared.image_shape, num_classes)  # type: ignore[arg-type]
     trainer = trainer_for(model, block.adversarial)
     compile_classifier(trainer, block.optimizer, params.train.common)
+    resumable = Resumable(checkpoints) if checkpoints is not None else None
+    if resumable is not None and resumable.finished_epochs:
+        print(f"train: {name}: resuming after epoch {resumable.finished_epochs} from {checkpoints}")
     history = fit_classifier(
-        trainer, prepared["train"], prepared["val"], params.train.common, num_classes
+        trainer,
+        prepared["train"],
+        prepared["val"],
+        params.train.common,
+        num_classes,
+        callbacks=resumable.callbacks() if resumable is not None else None,
     )
+    if resumable is not None:
+        history = resumable.history()
     metrics: dict[str, float | int] = {}
     for split in SPLITS:
         x, y = prepared[split]
@@ -97,13 +124,19 @@ def save_model_dir(folder: Path, model: Any, history: dict, lineage: dict) -> No
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    timer = StageTimer("train")
     parser = stage_parser("train", __doc__ or "")
     parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    prepared = load_prepared(PREPARED_DIR)
-    require_validated(prepared)
     name = args.model
+    timer.stage = f"train@{name}"
+    with timer.phase("data"):
+        prepared = load_prepared(PREPARED_DIR)
+        require_validated(prepared)
+    with timer.phase("imports"):  # TensorFlow, only once params and data have been checked
+        import pipeline.models  # noqa: F401
+        from pipeline.training import Resumable
     tags = {
         "model_family": name,
         "dvc_stage": f"train@{name}",
@@ -112,20 +145,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seed": params.seed,
         "adversarial_training": params.train.model(name).adversarial.method,  # type: ignore[arg-type]
     }
-    with tracking.lineage_run(params.experiment_name, f"{name}", tags) as run_id:
-        tracking.log_params(run_id, lineage_params(params, name))
-        model, history, metrics = train_classifier(name, params, prepared)
+    with contextlib.ExitStack() as stack:
+        with timer.phase("logging"):
+            run_id = stack.enter_context(
+                tracking.lineage_run(params.experiment_name, f"{name}", tags)
+            )
+            tracking.log_params(run_id, lineage_params(params, name))
+        checkpoints = checkpoint_dir(name, params, prepared)
+        with timer.phase("compute"):
+            model, history, metrics = train_classifier(name, params, prepared, checkpoints)
         lineage = {"run_id": run_id, "experiment": params.experiment_name}
         # Outputs first: a logging failure afterwards must not lose the trained model.
-        save_model_dir(MODELS_DIR / name, model, history, lineage)
-        write_json(TRAIN_REPORTS / f"{name}.json", metrics)
-        tracking.log_series(
-            run_id,
-            {f"epoch/{key}": list(enumerate(values, start=1)) for key, values in history.items()},
-        )
-        tracking.log_metrics(run_id, metrics)
-        tracking.log_artifacts(run_id, [MODELS_DIR / name / "history.csv"], "train")
-        tracking.log_keras_model(model, prepared["test"][0][:5].astype(np.float32))
+        with timer.phase("outputs"):
+            save_model_dir(MODELS_DIR / name, model, history, lineage)
+            write_json(TRAIN_REPORTS / f"{name}.json", metrics)
+        Resumable(checkpoints).clear()  # the outputs are safe: nothing left to resume
+        outputs = [MODELS_DIR / name, TRAIN_REPORTS / f"{name}.json"]
+        with timer.phase("logging"), tracking.after_outputs(outputs):
+            tracking.log_series(
+                run_id,
+                {f"epoch/{k}": list(enumerate(values, start=1)) for k, values in history.items()},
+            )
+            tracking.log_metrics(run_id, metrics)
+            tracking.log_artifacts(run_id, [MODELS_DIR / name / "history.csv"], "train")
+            tracking.log_keras_model(model, prepared["test"][0][:5].astype(np.float32))
+        timer.finish(functools.partial(tracking.log_metrics, run_id))
     print(
         f"train: {name} test accuracy {metrics['test_accuracy']:.4f} "
         f"({metrics['epochs_trained']} epochs) -> {MODELS_DIR / name}, MLflow run {run_id}"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,6 +109,47 @@ def fit_classifier(
         verbose=verbose,
     )
     return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+
+class Resumable:
+    """Keras's BackupAndRestore plus an epoch log beside its folder: a fit killed mid-way resumes
+    from its last finished epoch when rerun, and the history covers every epoch, before and after
+    the interruption. Early stopping's patience and best weights restart with the resumed fit."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.log = folder.parent / f"{folder.name}.history.csv"
+        if not folder.exists():  # nothing to resume: an old log would only duplicate epochs
+            self.log.unlink(missing_ok=True)
+
+    @property
+    def finished_epochs(self) -> int:
+        return len(self._rows())
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        # The epoch's row is written before its checkpoint: killed in between, the epoch reruns
+        # and its row is replaced (see _rows), never lost.
+        return [
+            keras.callbacks.CSVLogger(str(self.log), append=True),
+            keras.callbacks.BackupAndRestore(str(self.folder)),
+        ]
+
+    def history(self) -> dict[str, list[float]]:
+        rows = self._rows()
+        keys = sorted({k for row in rows for k in row} - {"epoch"})
+        return {k: [float(row[k]) for row in rows] for k in keys}
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.log.unlink(missing_ok=True)
+
+    def _rows(self) -> list[dict[str, str]]:
+        if not self.log.exists():
+            return []
+        with self.log.open(newline="") as handle:
+            by_epoch = {int(row["epoch"]): row for row in csv.DictReader(handle)}
+        return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -7,8 +7,11 @@ non-zero naming every failed expectation, so no training stage runs on bad data.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import logging
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,14 +25,24 @@ from pipeline.datasets import SPLITS
 from pipeline.io import atomic_path, read_json, write_json, write_text
 from pipeline.params import ValidateParams, load_params
 from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
+from pipeline.timing import StageTimer
 
 SUITE_PATH = Path("expectations/prepared_images.json")
 VALIDATION_DIR = Path("reports/validation")
 RESULTS = VALIDATION_DIR / "results.json"
+REJECTED_DIR = VALIDATION_DIR / "rejected"  # the latest failing results; not a DVC output
 
 
-def image_table(x: np.ndarray, y: np.ndarray, split: str) -> pd.DataFrame:
-    """One row per image: the columns the expectation suite speaks about."""
+def image_hashes(x: np.ndarray) -> list[str]:
+    """A digest per image: equal images, equal digests (duplicates across splits leak)."""
+    return [hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest() for image in x]
+
+
+def image_table(
+    x: np.ndarray, y: np.ndarray, split: str, elsewhere: frozenset[str] = frozenset()
+) -> pd.DataFrame:
+    """One row per image: the columns the expectation suite speaks about. `elsewhere`: the
+    digests of the other splits' images, for the leakage column."""
     flat = x.reshape(len(x), int(np.prod(x.shape[1:]))).astype(np.float64)
     finite = np.where(np.isfinite(flat), flat, np.nan)
     with warnings.catch_warnings():  # all-NaN rows give NaN statistics, caught by nan_count
@@ -46,6 +59,7 @@ def image_table(x: np.ndarray, y: np.ndarray, split: str) -> pd.DataFrame:
             **stats,
             "nan_count": np.isnan(flat).sum(axis=1),
             "inf_count": np.isinf(flat).sum(axis=1),
+            "in_other_splits": [digest in elsewhere for digest in image_hashes(x)],
             "shape": "x".join(str(d) for d in x.shape[1:]),
         }
     )
@@ -263,7 +277,13 @@ Full GX Data Docs: <a href="data_docs/index.html">data_docs/index.html</a>{note}
 
 
 def validate(prepared: Prepared, p: ValidateParams, docs_dir: Path | None = None) -> dict[str, Any]:
-    tables = {split: image_table(*prepared[split], split) for split in SPLITS}
+    digests = {split: frozenset(image_hashes(prepared[split][0])) for split in SPLITS}
+    tables = {
+        split: image_table(
+            *prepared[split], split, frozenset().union(*(digests[s] for s in SPLITS if s != split))
+        )
+        for split in SPLITS
+    }
     records, unrendered = run_suite(
         load_suite_json(), tables, suite_parameters(prepared, p), docs_dir
     )
@@ -290,16 +310,35 @@ def require_validated(prepared: Prepared, results_path: Path = RESULTS) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    timer = StageTimer("validate")
     args = stage_parser("validate", __doc__ or "").parse_args(argv)
     params = load_params(args.params)
-    prepared = load_prepared(PREPARED_DIR)
-    with atomic_path(VALIDATION_DIR / "data_docs") as docs_dir:
-        results = validate(prepared, params.validate_, docs_dir)
-    write_text(VALIDATION_DIR / "summary.html", summary_html(results))
-    write_json(RESULTS, results)
-    failed = failures(results["splits"])
+    with timer.phase("data"):
+        prepared = load_prepared(PREPARED_DIR)
+    with timer.phase("imports"):
+        import great_expectations  # noqa: F401
+    VALIDATION_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".validate.", dir=VALIDATION_DIR) as staging:
+        docs = Path(staging) / "data_docs"
+        # Checking the data (GX, Data Docs included) is neither model compute nor a plain write.
+        with timer.phase("data"):
+            results = validate(prepared, params.validate_, docs)
+        failed = failures(results["splits"])
+        # Failing data keeps the last good results, which the next stages and promotion trust,
+        # in place; its own results go beside them for inspection.
+        folder = REJECTED_DIR if failed else VALIDATION_DIR
+        with timer.phase("outputs"):
+            with atomic_path(folder / "data_docs") as final:
+                docs.rename(final)
+            write_text(folder / "summary.html", summary_html(results))
+            write_json(folder / "results.json", results)
     if failed:
-        raise PipelineError(f"{len(failed)} expectation(s) failed: " + "; ".join(failed))
+        raise PipelineError(
+            f"{len(failed)} expectation(s) failed: {'; '.join(failed)} (details: "
+            f"{REJECTED_DIR / 'summary.html'}; the last good results stay in {VALIDATION_DIR})"
+        )
+    shutil.rmtree(REJECTED_DIR, ignore_errors=True)
+    timer.finish()
     print(f"validate: all expectations passed on {results['rows']} -> {VALIDATION_DIR}")
 
 

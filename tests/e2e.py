@@ -146,6 +146,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def listening_hosts(port: int) -> set[str]:
+    """The local addresses with a socket listening on `port` (Linux's /proc/net tables)."""
+    import socket
+
+    hosts = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if int(hex_port, 16) != port or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            # The kernel prints each 32-bit word of the address in host (little-endian) order.
+            words = (bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
+            raw = b"".join(words)
+            hosts.add(socket.inet_ntop(family, raw))
+    return hosts
+
+
 @contextlib.contextmanager
 def server(
     project: Path, command: list[str], ready_url: str, timeout: float = 180, clean: bool = False
@@ -200,3 +218,16 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+def weight_digest(path: Path) -> str:
+    """A digest of a Keras model's weight arrays (the file itself holds a save date)."""
+    import hashlib
+
+    import numpy as np
+    import tf_keras as keras
+
+    digest = hashlib.sha256()
+    for array in keras.models.load_model(path, compile=False).get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()

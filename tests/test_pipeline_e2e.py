@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from tests.e2e import (
     commit,
     copy_project,
     free_port,
+    listening_hosts,
     run,
     server,
     update_params,
+    weight_digest,
 )
 
 pytestmark = pytest.mark.slow
@@ -91,6 +94,29 @@ def test_repro_writes_every_declared_output(project: Path):
         history = (folder / "history.csv").read_text().splitlines()
         assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss"
         assert len(history) == metrics["epochs_trained"] + 1
+
+
+def test_each_stage_records_where_its_time_went(project: Path):
+    """reports/timing/<stage>.json for every stage; the model's lineage run holds the same."""
+    client = mlflow_client(project)
+    stages = ["ingest", "validate", "gan", "report"]
+    stages += [f"{stage}_{name}" for stage in ("train", "compress", "evaluate") for name in MODELS]
+    for stage in stages:
+        figures = read(project / f"reports/timing/{stage}.json")
+        seconds = figures["seconds"]
+        assert sum(seconds.values()) == pytest.approx(figures["total_s"], abs=0.05), stage
+        assert 0 < seconds["startup"] < 10 and seconds["imports"] > 0.1, (stage, seconds)
+        needs_tensorflow = stage not in ("ingest", "validate", "report")
+        assert figures["tensorflow_imported"] is needs_tensorflow, stage
+        if not needs_tensorflow:
+            assert figures["mlflow_imported"] is False, stage
+            continue
+        assert seconds["compute"] > 0.5 and seconds["logging"] > 0, (stage, seconds)
+        family = stage.split("_")[1] if "_" in stage else "gan"
+        base = stage.split("_")[0]
+        lineage = client.get_run(read(project / f"models/{family}/lineage.json")["run_id"])
+        for phase, value in seconds.items():
+            assert lineage.data.metrics[f"timing.{base}.{phase}_s"] == pytest.approx(value), stage
 
 
 def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
@@ -355,19 +381,11 @@ def test_mlflow_ui_lists_the_runs_with_their_metrics(project: Path):
     experiment = client.get_experiment_by_name("digits").experiment_id
     cnn = read(project / "models/cnn/lineage.json")["run_id"]
     port = free_port()
-    command = [
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        f"sqlite:///{project / 'mlflow.db'}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    link_environment(project)
+    command = ["make", "ui", f"UI_PORT={port}"]
     with server(project, command, f"http://127.0.0.1:{port}/health"), chromium() as browser:
+        # The README's UI command listens on this machine only.
+        assert listening_hosts(port) == {"127.0.0.1"}
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs")
         for name in MODELS:
@@ -387,6 +405,18 @@ def test_noop_repro_runs_no_stage(project: Path):
     assert "Data and pipelines are up to date" in result.stdout
 
 
+def test_an_evaluate_param_change_reruns_only_what_depends_on_it(project: Path):
+    original = (project / "params.yaml").read_text()
+    update_params(project, {"evaluate": {"calibration_bins": 7}})
+    try:
+        result = run(project, "dvc", "repro", "--dry")
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ran = re.findall(r"^Running stage '([^']+)'", result.stdout, flags=re.M)
+    assert sorted(ran) == ["evaluate@cnn", "evaluate@fnn", "evaluate@lstm", "report"]
+
+
 def test_forced_retraining_reproduces_metrics_and_weights(project: Path):
     before = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
     weights_before = weight_digest(project / "models/cnn/model.keras")
@@ -398,15 +428,6 @@ def test_forced_retraining_reproduces_metrics_and_weights(project: Path):
     assert len(lineage_runs(project)) == 6  # two new lineages: each training is a run
     # The CNN has a new lineage, so the GAN it judges is out of date: bring the DAG up to date.
     assert "Running stage 'gan'" in run(project, "dvc", "repro").stdout
-
-
-def weight_digest(path: Path) -> str:
-    import tf_keras as keras
-
-    digest = hashlib.sha256()
-    for array in keras.models.load_model(path, compile=False).get_weights():
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def test_mlflow_project_entry_point_reruns_what_changed(project: Path):
@@ -486,6 +507,7 @@ def test_the_champion_serves_digits_over_http(project: Path):
     command = ["make", "serve", "MODEL=digits-cnn", "ALIAS=champion", f"PORT={port}"]
     # As from a user's shell: nothing inherited from this process's TensorFlow set-up.
     with server(project, command, f"http://127.0.0.1:{port}/ping", timeout=300, clean=True):
+        assert listening_hosts(port) == {"127.0.0.1"}  # this machine only, unless HOST says so
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps({"inputs": x.tolist()}).encode(),
@@ -536,6 +558,7 @@ def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
     """Runs last: plants labels outside the class set; the last good models stay intact."""
     good = {p: file_digest(p) for n in MODELS for p in (project / "models" / n).iterdir()}
     good_metrics = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
+    good_validation = file_digest(project / "reports/validation/results.json")
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -553,15 +576,17 @@ def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
     assert "Running stage 'train@" not in output
     assert {p: file_digest(p) for p in good} == good
     assert {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS} == good_metrics
-    assert read(project / "reports/validation/results.json")["success"] is False
+    # The last good validation stays (the stages downstream trust it); the failure is beside it.
+    assert file_digest(project / "reports/validation/results.json") == good_validation
+    assert read(project / "reports/validation/rejected/results.json")["success"] is False
     # A run that fails validation promotes nothing: the champions stay where they were.
     client = mlflow_client(project)
     champions = {n: client.get_model_version_by_alias(f"digits-{n}", "champion") for n in MODELS}
     promoted = run(project, "python", "-m", "pipeline.promote")
     assert promoted.returncode == 1
     assert promoted.stderr.strip().splitlines()[-1] == (
-        "promote: error: reports/validation/results.json: the prepared data failed validation;"
-        " nothing promoted"
+        "promote: error: data/prepared holds data that reports/validation/results.json does not"
+        " vouch for (failures, if any, in reports/validation/rejected); nothing promoted"
     )
     for name, before in champions.items():
         after = client.get_model_version_by_alias(f"digits-{name}", "champion")

@@ -125,3 +125,15 @@ def test_empty_split_fails_row_count_without_crashing(digits_prepared):
     x, y = digits_prepared["test"]
     failed = " | ".join(failed_phrases(modified(digits_prepared, "test", x=x[:0], y=y[:0])))
     assert "split 'test': expect_table_row_count_to_be_between: observed 0" in failed
+
+
+def test_images_shared_between_train_and_test_fail_as_leakage(digits_prepared):
+    x_train, y_train = digits_prepared["train"]
+    x_test, y_test = digits_prepared["test"]
+    x_test, y_test = x_test.copy(), y_test.copy()
+    x_test[:5], y_test[:5] = x_train[:5], y_train[:5]  # five training images also in test
+    failed = failed_phrases(modified(digits_prepared, "test", x=x_test, y=y_test))
+    leaks = [p for p in failed if "(in_other_splits)" in p]
+    # Both sides of each pair are flagged: five rows in train and five in test.
+    assert sorted(p.split(":")[0] for p in leaks) == ["split 'test'", "split 'train'"], failed
+    assert all("5 unexpected" in p for p in leaks), leaks

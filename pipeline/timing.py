@@ -1,0 +1,93 @@
+"""Where a stage's time goes: start-up, imports, data, model compute, logging, writing outputs.
+
+Each stage process writes `reports/timing/<stage>.json` and logs the same figures to its model's
+MLflow run. The package's `__init__` imports this module first, so "start-up" is the time from
+the process's start to the first line of the pipeline's own code (interpreter and `-m` machinery)
+and "imports" runs from there to the stage's `main()`, plus any import a stage defers and times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+TIMING_DIR = Path("reports/timing")
+PHASES = ("startup", "imports", "data", "compute", "logging", "outputs")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started, from Linux's /proc; None where that is unknown."""
+    try:
+        # Fields after the command name, which may itself hold spaces or parentheses; the
+        # process's start time (field 22) is in clock ticks after boot.
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+_FIRST_LINE = time.perf_counter()
+_STARTUP = process_age()
+
+
+class StageTimer:
+    """Accumulates wall time per phase; whatever no phase claims is reported as `other`."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.seconds["startup"] = _STARTUP or 0.0
+        self.seconds["imports"] = time.perf_counter() - _FIRST_LINE
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if name not in self.seconds:
+            raise ValueError(f"unknown timing phase {name!r}; expected one of {PHASES}")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def figures(self) -> dict[str, Any]:
+        """The split so far: seconds per phase, `other`, the total and the model-compute share."""
+        total = self.seconds["startup"] + (time.perf_counter() - _FIRST_LINE)
+        seconds = {k: round(v, 4) for k, v in self.seconds.items()}
+        seconds["other"] = round(max(0.0, total - sum(self.seconds.values())), 4)
+        return {
+            "stage": self.stage,
+            "seconds": seconds,
+            "total_s": round(total, 4),
+            "compute_fraction": round(self.seconds["compute"] / total, 4) if total else 0.0,
+            # Stages that need no TensorFlow must not pay its import: checked by the tests.
+            "tensorflow_imported": "tensorflow" in sys.modules,
+            "mlflow_imported": "mlflow" in sys.modules,
+        }
+
+    def metrics(self, figures: dict[str, Any]) -> dict[str, float]:
+        """The figures as MLflow metrics, `timing.<stage>.<phase>_s`; the run is the model's."""
+        prefix = f"timing.{self.stage.split('@')[0]}"
+        return {
+            **{f"{prefix}.{k}_s": float(v) for k, v in figures["seconds"].items()},
+            f"{prefix}.total_s": float(figures["total_s"]),
+        }
+
+    @property
+    def path(self) -> Path:
+        return TIMING_DIR / f"{self.stage.replace('@', '_')}.json"
+
+    def finish(self, log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+        """Write reports/timing/<stage>.json; `log` sends the same figures to MLflow."""
+        from pipeline.io import write_json  # numpy: not paid before the first line is marked
+
+        figures = self.figures()
+        if log is not None:
+            log(self.metrics(figures))
+        write_json(self.path, figures)
+        return figures
