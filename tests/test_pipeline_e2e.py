@@ -361,6 +361,8 @@ def test_report_page_is_self_contained_and_renders(project: Path):
 def test_report_escapes_strings_from_params(project: Path):
     page_file = project / "reports/index.html"
     good = page_file.read_bytes()
+    timing_file = project / "reports/timing/report.json"  # the stage's other output
+    good_timing = timing_file.read_bytes()
     hostile = '<script>alert("x")</script>'
     params = (project / "params.yaml").read_text()
     (project / "hostile.yaml").write_text(
@@ -374,6 +376,7 @@ def test_report_escapes_strings_from_params(project: Path):
         assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
     finally:
         page_file.write_bytes(good)
+        timing_file.write_bytes(good_timing)
 
 
 def test_mlflow_ui_lists_the_runs_with_their_metrics(project: Path):

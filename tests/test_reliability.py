@@ -45,8 +45,11 @@ ROWS: list[tuple[str, str, str, str]] = []  # (kind, fault, observed outcome, lo
 OUTPUTS: list[str] = []  # everything the commands printed, searched for the secrets at the end
 
 
-def record(kind: str, fault: str, outcome: str, lost: str = "nothing") -> None:
-    ROWS.append((kind, fault, outcome.replace("|", "\\|"), lost))
+def record(kind: str, fault: str, outcome: str, lost: str = "") -> None:
+    # Temporary paths say nothing to a reader; long one-line errors are cut for the table.
+    outcome = re.sub(r"/tmp/\S*?/(reliability0|test_\w+?\d)/", "<project>/", outcome)
+    shown = outcome if len(outcome) <= 240 else outcome[:240] + " …"
+    ROWS.append((kind, fault, shown.replace("|", "\\|"), lost or "nothing"))
 
 
 def sh(project: Path, *command: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -1,0 +1,93 @@
+"""`dvc repro --force` twice from the same commit, with the default params on the embedded
+digits: every metrics file and every set of model weights must come out identical. Measured
+values (latency, throughput, wall time) are left out of the comparison; the speed files hold
+nothing else. Prints a table and writes reports/benchmarks/reproducibility.json.
+
+    python -m benchmarks.reproducibility
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.repro import timed
+from pipeline.io import write_json
+from tests.conftest import REPO
+from tests.e2e import copy_project, weight_digest
+
+OUTPUT = REPO / "reports/benchmarks/reproducibility.json"
+MODELS = ("fnn", "cnn", "lstm")
+MEASURED = ("speed", "wall_time", "latency", "throughput")  # in the keys of timed values
+
+
+def without_measurements(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: without_measurements(v)
+            for k, v in value.items()
+            if not any(m in k for m in MEASURED)
+        }
+    if isinstance(value, list):
+        return [without_measurements(v) for v in value]
+    return value
+
+
+def fingerprint(project: Path) -> dict[str, str]:
+    """A digest per metrics file (measurements removed) and per model's weights."""
+    metrics = [
+        "reports/validation/results.json",
+        "reports/gan/metrics.json",
+        *(f"reports/{s}/{m}.json" for s in ("train", "compress", "evaluate") for m in MODELS),
+    ]
+    digests = {}
+    for name in metrics:
+        content = without_measurements(json.loads((project / name).read_text()))
+        digests[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    keras_files = [
+        *(f"models/{m}/model.keras" for m in MODELS),
+        "models/gan/generator.keras",
+        *(f"models/compressed/{m}/pruned.keras" for m in MODELS),
+    ]
+    for name in keras_files:
+        if (project / name).exists():
+            digests[name] = weight_digest(project / name)
+    for path in sorted((project / "models/compressed").rglob("*.tflite")):
+        digests[str(path.relative_to(project))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-reproducibility-") as folder:
+        project = copy_project(Path(folder))
+        first_s = timed(project, "dvc", "repro")
+        first = fingerprint(project)
+        second_s = timed(project, "dvc", "repro", "--force")
+        second = fingerprint(project)
+    differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    print(f"{'artifact':<48} identical")
+    for name in sorted(first):
+        print(f"{name:<48} {'no' if name in differ else 'yes'}")
+    print(
+        f"\n{len(first) - len(differ)} of {len(first)} identical; runs took {first_s:.0f} s, "
+        f"{second_s:.0f} s"
+    )
+    write_json(
+        OUTPUT,
+        {
+            "compared": sorted(first),
+            "different": differ,
+            "identical": not differ,
+            "seconds": {"first_repro": first_s, "forced_repro": second_s},
+            "left_out_of_the_comparison": sorted(MEASURED),
+        },
+    )
+    print(f"-> {OUTPUT.relative_to(REPO)}")
+    raise SystemExit(1 if differ else 0)
+
+
+if __name__ == "__main__":
+    main()
