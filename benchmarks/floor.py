@@ -16,9 +16,7 @@ import numpy as np
 from pipeline.models import build_classifier
 from pipeline.params import MODEL_NAMES, load_params
 from pipeline.prepared import PREPARED_DIR
-from pipeline.training import compile_classifier, make_deterministic
-
-import tf_keras as keras  # isort: skip  (after the package import above)
+from pipeline.training import compile_classifier, fit_classifier, make_deterministic
 
 
 def main() -> None:
@@ -38,17 +36,9 @@ def main() -> None:
         make_deterministic(params.seed)
         model = build_classifier(name, params.train, splits["train"][0].shape[1:], num_classes)  # type: ignore[arg-type]
         compile_classifier(model, block.optimizer, common)
-        stop = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=common.early_stopping_patience, restore_best_weights=True
-        )
-        history = model.fit(
-            *splits["train"],
-            validation_data=splits["val"],
-            epochs=common.epochs,
-            batch_size=common.batch_size,
-            shuffle=True,
-            callbacks=[stop],
-            verbose=0,
+        # The same fit as the stage's (tf.data input, early stopping): pure compute.
+        history = fit_classifier(
+            model, splits["train"], splits["val"], common, num_classes, verbose=0
         )
         accuracy = {
             split: float(np.mean(model.predict(x, batch_size=256, verbose=0).argmax(1) == y))
@@ -56,7 +46,7 @@ def main() -> None:
         }
         results[name] = {
             "test_accuracy": accuracy["test"],
-            "epochs_trained": len(history.history["loss"]),
+            "epochs_trained": len(history["loss"]),
             "seconds": time.perf_counter() - started,
         }
     print(json.dumps(results))

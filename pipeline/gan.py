@@ -241,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seed": params.seed,
         "judge_model": str(JUDGE),
         "judge_run_id": judge_run,
+        **params.mlflow.tags,
     }
     with contextlib.ExitStack() as stack:
         with timer.phase("logging"):

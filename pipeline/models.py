@@ -65,7 +65,10 @@ def conv_block(x: keras.KerasTensor, filters: int, p: CNNParams, name: str) -> k
 
 
 def _classifier_head(x: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
-    return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 even under mixed precision: a float16 softmax loses the small probabilities.
+    return keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
 
 
 def build_fnn(p: FNNParams, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:

@@ -119,6 +119,11 @@ class TrainCommon(Strict):
         "sparse_categorical_crossentropy"
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # none | mirrored (this machine's devices) | multi_worker (the machines in TF_CONFIG);
+    # batch_size is per replica (pipeline/distribute.py).
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    # float16 compute, float32 weights: for GPUs with tensor cores; slower on CPUs.
+    mixed_precision: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainCommon:
@@ -235,6 +240,13 @@ class PromoteParams(Strict):
 class TrackingParams(Strict):
     # MLflow experiment; empty means "named after the dataset" (data.source).
     experiment: str | None = None
+    # A grid search's name, set per sweep (`dvc exp run --queue -S mlflow.sweep=NAME ...`):
+    # every lineage run of it is tagged `sweep`; `python -m pipeline.sweep NAME` picks the best.
+    sweep: str | None = Field(None, min_length=1, max_length=250)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"sweep": self.sweep} if self.sweep else {}
 
 
 class Params(Strict):

@@ -121,6 +121,8 @@ def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iter
     all_tags = {**git_state(), **package_versions(), **{k: str(v) for k, v in tags.items()}}
     if project_run:
         all_tags["mlflow_project_run_id"] = project_run
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`: the run's DVC experiment
+        all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     inputs = dvc_inputs(str(tags.get("dvc_stage", run_name)))
     all_tags["dvc_inputs_md5"] = inputs.get("digest", inputs.get("error", ""))
     try:

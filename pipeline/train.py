@@ -21,6 +21,7 @@ from pipeline import tracking
 from pipeline.artifacts import LINEAGE_FILE, MODEL_FILE, MODELS_DIR
 from pipeline.cli import run_stage, stage_parser
 from pipeline.datasets import SPLITS
+from pipeline.distribute import cluster_task, is_chief
 from pipeline.io import atomic_path, write_json
 from pipeline.params import MODEL_NAMES, Params, flatten, load_params
 from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
@@ -62,30 +63,45 @@ def checkpoint_dir(name: str, params: Params, prepared: Prepared) -> Path:
 
 
 def train_classifier(
-    name: str, params: Params, prepared: Prepared, checkpoints: Path | None = None
+    name: str,
+    params: Params,
+    prepared: Prepared,
+    checkpoints: Path | None = None,
+    chief: bool = True,
 ) -> tuple[Any, dict, dict]:
-    """Build, fit and score a classifier; with `checkpoints`, resume an interrupted fit.
-    Returns (model, history, metrics)."""
+    """Build, fit and score a classifier on the devices `train.common.distribute` names; with
+    `checkpoints`, resume an interrupted fit. Returns (model, history, metrics); the model is a
+    float32 copy outside any strategy, whatever the training's precision and devices."""
     # TensorFlow is imported here, after params and data have been checked: bad input fails
     # in well under a second instead of after TensorFlow's ~4 s import.
+    from pipeline.distribute import make_strategy
     from pipeline.models import build_classifier
     from pipeline.training import (
         Resumable,
         compile_classifier,
         fit_classifier,
         make_deterministic,
+        plain_copy,
+        precision,
         predict_proba,
         score,
         summarize_history,
         trainer_for,
     )
 
+    common = params.train.common
     num_classes = int(prepared.manifest["num_classes"])
     block = params.train.model(name)  # type: ignore[arg-type]
+    strategy = make_strategy(common.distribute)  # first: it sets up the devices
     make_deterministic(params.seed)
-    model = build_classifier(name, params.train, prepared.image_shape, num_classes)  # type: ignore[arg-type]
-    trainer = trainer_for(model, block.adversarial)
-    compile_classifier(trainer, block.optimizer, params.train.common)
+
+    def build() -> Any:
+        return build_classifier(name, params.train, prepared.image_shape, num_classes)  # type: ignore[arg-type]
+
+    with precision(common.mixed_precision), strategy.scope():
+        trained = build()
+        trainer = trainer_for(trained, block.adversarial)
+        compile_classifier(trainer, block.optimizer, common)
     resumable = Resumable(checkpoints) if checkpoints is not None else None
     if resumable is not None and resumable.finished_epochs:
         print(f"train: {name}: resuming after epoch {resumable.finished_epochs} from {checkpoints}")
@@ -93,12 +109,13 @@ def train_classifier(
         trainer,
         prepared["train"],
         prepared["val"],
-        params.train.common,
+        common,
         num_classes,
-        callbacks=resumable.callbacks() if resumable is not None else None,
+        callbacks=resumable.callbacks(log=chief) if resumable is not None else None,
     )
-    if resumable is not None:
+    if resumable is not None and chief:
         history = resumable.history()
+    model = plain_copy(trained, build)
     metrics: dict[str, float | int] = {}
     for split in SPLITS:
         x, y = prepared[split]
@@ -106,6 +123,8 @@ def train_classifier(
             metrics[f"{split}_{key}"] = value
     metrics.update(summarize_history(history))
     metrics["parameters"] = int(model.count_params())
+    metrics["replicas"] = int(strategy.num_replicas_in_sync)
+    metrics["global_batch_size"] = common.batch_size * metrics["replicas"]
     return model, history, metrics
 
 
@@ -134,9 +153,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     with timer.phase("data"):
         prepared = load_prepared(PREPARED_DIR)
         require_validated(prepared)
+    distribute = params.train.common.distribute
+    chief = is_chief(distribute)  # a malformed TF_CONFIG stops here, before TensorFlow loads
     with timer.phase("imports"):  # TensorFlow, only once params and data have been checked
         import pipeline.models  # noqa: F401
         from pipeline.training import Resumable
+    if not chief:  # a multi-worker cluster's other worker: it trains; the chief records
+        task_type, index, size = cluster_task(distribute)
+        train_classifier(name, params, prepared, checkpoint_dir(name, params, prepared), False)
+        print(f"train: {name}: {task_type} {index} of {size} workers done; the chief writes")
+        return
     tags = {
         "model_family": name,
         "dvc_stage": f"train@{name}",
@@ -144,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "data_hash": prepared.content_hash,
         "seed": params.seed,
         "adversarial_training": params.train.model(name).adversarial.method,  # type: ignore[arg-type]
+        **params.mlflow.tags,
     }
     with contextlib.ExitStack() as stack:
         with timer.phase("logging"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,25 @@ def make_deterministic(seed: int) -> None:
     seed and data give bit-identical weights."""
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def precision(mixed: bool) -> Iterator[None]:
+    """Layers built inside compute in float16 and keep float32 weights when `mixed` (Keras's
+    mixed_float16 policy; compile then scales the loss so small gradients survive)."""
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def plain_copy(trained: keras.Model, build: Callable[[], keras.Model]) -> keras.Model:
+    """`build()`'s model (float32, outside any strategy) holding `trained`'s weights: what is
+    scored, saved and served, whatever the precision and devices of the training."""
+    copy = build()
+    copy.set_weights(trained.get_weights())
+    return copy
 
 
 def encode_labels(y: np.ndarray, common: TrainCommon, num_classes: int) -> np.ndarray:
@@ -83,6 +104,20 @@ def trainer_for(model: keras.Model, p: AdversarialParams) -> keras.Model:
     return model if p.method == "none" else AdversarialTraining(model, p)
 
 
+def input_pipeline(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False
+) -> tf.data.Dataset:
+    """Arrays as batches, the tf.data way: cached after the first pass, reshuffled every epoch
+    (seeded by the global seed), batched, and prefetched so the next batch is ready while the
+    current one trains. Sharded by example across workers (multi_worker)."""
+    data = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle:
+        data = data.shuffle(len(x), reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
 def fit_classifier(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -92,19 +127,20 @@ def fit_classifier(
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int = 2,
 ) -> dict[str, list[float]]:
-    """Fit with early stopping on validation loss (best weights restored); return the history."""
+    """Fit with early stopping on validation loss (best weights restored); return the history.
+
+    `common.batch_size` is per replica: under a tf.distribute strategy with N replicas each
+    step takes N × batch_size examples."""
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss",
         patience=common.early_stopping_patience,
         restore_best_weights=True,
     )
+    batch = common.batch_size * model.distribute_strategy.num_replicas_in_sync
     history = model.fit(
-        train[0],
-        encode_labels(train[1], common, num_classes),
-        validation_data=(val[0], encode_labels(val[1], common, num_classes)),
+        input_pipeline(train[0], encode_labels(train[1], common, num_classes), batch, True),
+        validation_data=input_pipeline(val[0], encode_labels(val[1], common, num_classes), batch),
         epochs=common.epochs,
-        batch_size=common.batch_size,
-        shuffle=True,
         callbacks=[stop, *(callbacks or [])],
         verbose=verbose,
     )
@@ -126,14 +162,14 @@ class Resumable:
     def finished_epochs(self) -> int:
         return len(self._rows())
 
-    def callbacks(self) -> list[keras.callbacks.Callback]:
+    def callbacks(self, log: bool = True) -> list[keras.callbacks.Callback]:
+        """`log=False` for a multi-worker cluster's other workers: every worker backs up and
+        restores (Keras keeps theirs apart), only the chief keeps the epoch log."""
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         # The epoch's row is written before its checkpoint: killed in between, the epoch reruns
         # and its row is replaced (see _rows), never lost.
-        return [
-            keras.callbacks.CSVLogger(str(self.log), append=True),
-            keras.callbacks.BackupAndRestore(str(self.folder)),
-        ]
+        logger = [keras.callbacks.CSVLogger(str(self.log), append=True)] if log else []
+        return [*logger, keras.callbacks.BackupAndRestore(str(self.folder))]
 
     def history(self) -> dict[str, list[float]]:
         rows = self._rows()

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,15 +110,30 @@ def merge(base: dict, changes: dict) -> None:
             base[key] = value
 
 
-def run(project: Path, *command: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a command the way a user would in the project, with this environment's tools."""
+def run(
+    project: Path, *command: str, timeout: int = 900, pipes: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a command the way a user would in the project, with this environment's tools.
+
+    `pipes=False` is for commands that leave daemons behind (`dvc queue start`): a daemon
+    that inherits an output pipe keeps `run` waiting until the daemon exits, so the output
+    goes through files instead.
+    """
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "PIPELINE_DEBUG"):
         env.pop(key, None)
-    return subprocess.run(
-        list(command), cwd=project, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    if pipes:
+        return subprocess.run(
+            list(command), cwd=project, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run(
+            list(command), cwd=project, env=env, stdout=out, stderr=err, timeout=timeout
+        )
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(done.args, done.returncode, out.read(), err.read())
 
 
 TINY_PROMOTE = {

@@ -278,7 +278,10 @@ def test_evaluate_stage_reports_every_model_into_its_lineage(project: Path):
         train = read(project / f"reports/train/{name}.json")
         assert report["clean"]["accuracy"] == pytest.approx(train["test_accuracy"])
         assert set(report["adversarial"]["pgd"]) == {"0", "0.1"}
-        assert report["adversarial"]["pgd"]["0.1"] <= report["adversarial"]["fgsm"]["0.1"]
+        # The tiny params' PGD has 3 steps from a random start: on a few images it can end
+        # weaker than FGSM's single full step (test_robustness_explain checks the real ordering).
+        pgd, fgsm = report["adversarial"]["pgd"]["0.1"], report["adversarial"]["fgsm"]["0.1"]
+        assert pgd <= min(fgsm + 0.02, report["clean"]["accuracy"])
         compressed = read(project / f"reports/compress/{name}.json")["variants"]
         supported = {v for v, r in compressed.items() if r["supported"]}
         assert set(report["variants"]) == supported
@@ -555,6 +558,59 @@ def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
     assert client.get_model_version_by_alias("digits-cnn", "champion").run_id == champion
     challenger = client.get_model_version_by_alias("digits-cnn", "challenger")
     assert challenger.run_id == read(project / "models/cnn/lineage.json")["run_id"] != champion
+
+
+def test_a_fresh_clone_pulls_every_output_from_the_remote_and_recomputes_nothing(
+    project: Path, tmp_path: Path
+):
+    """The README's DVC remote, as a local folder: push, clone, pull, and `dvc repro` is a no-op.
+
+    Runs before the bad-dataset test, which leaves the project's outputs out of date on purpose.
+    """
+    import yaml
+
+    from tests.e2e import git
+
+    remote = tmp_path / "remote"
+    config = project / ".dvc/config"
+    original_config = config.read_text()
+    try:
+        added = run(project, "dvc", "remote", "add", "-d", "storage", str(remote))
+        assert added.returncode == 0, added.stderr[-2000:]
+        # What a team commits after a run: dvc.lock, the remote, and the `cache: false` outputs
+        # (metrics, reports): DVC hashes those in dvc.lock but leaves them to git, so the clone
+        # gets them from git and DVC's cached outputs from the remote.
+        commit(project, "a run's outputs and the DVC remote")
+        pushed = run(project, "dvc", "push")
+        assert pushed.returncode == 0, pushed.stdout[-2000:] + pushed.stderr[-2000:]
+        clone = tmp_path / "clone"
+        git(tmp_path, "clone", "-q", str(project), str(clone))
+        pulled = run(clone, "dvc", "pull")
+        assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
+        repro = run(clone, "dvc", "repro")
+    finally:
+        config.write_text(original_config)  # the project as the other tests know it
+        commit(project, "no DVC remote")
+    assert repro.returncode == 0, repro.stdout[-2000:] + repro.stderr[-2000:]
+    assert "Running stage" not in repro.stdout and "is cached" not in repro.stdout
+    stages = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    for stage in stages:
+        assert f"Stage '{stage}' didn't change, skipping" in repro.stdout, stage
+    status = run(clone, "dvc", "status")
+    assert status.stdout.strip() == "Data and pipelines are up to date.", status.stdout
+    cloud = run(clone, "dvc", "status", "--cloud")
+    assert "Cache and remote 'storage' are in sync." in cloud.stdout, cloud.stdout
+    outputs = [out["path"] for stage in stages.values() for out in stage.get("outs", [])]
+    assert outputs and all((clone / path).exists() for path in outputs)
+    assert {path: tree_digests(clone / path) for path in outputs} == {
+        path: tree_digests(project / path) for path in outputs
+    }
+
+
+def tree_digests(path: Path) -> dict[str, str]:
+    """A file's digest, or every file's under a folder, by relative name."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {p.relative_to(path).as_posix(): file_digest(p) for p in files}
 
 
 def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):

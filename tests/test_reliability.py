@@ -52,8 +52,10 @@ def record(kind: str, fault: str, outcome: str, lost: str = "") -> None:
     ROWS.append((kind, fault, shown.replace("|", "\\|"), lost or "nothing"))
 
 
-def sh(project: Path, *command: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = run(project, *command, timeout=timeout)
+def sh(
+    project: Path, *command: str, timeout: int = 900, pipes: bool = True
+) -> subprocess.CompletedProcess:
+    result = run(project, *command, timeout=timeout, pipes=pipes)
     OUTPUTS.extend((result.stdout, result.stderr))
     return result
 
@@ -675,7 +677,9 @@ def test_forced_repro_twice_gives_identical_metrics_and_weights(project: Path):
     assert tags["seed"] == "42" and tags["version.tensorflow"] and tags["dvc_inputs_md5"]
 
 
-def test_four_queued_experiments_two_at_a_time_all_complete(project: Path):
+def test_a_queued_2x2_grid_runs_two_at_a_time_and_every_lineage_completes(project: Path):
+    """Four DVC experiments of one sweep, two at a time, into one SQLite store: every lineage
+    complete, each run tagged with the sweep and its DVC experiment, and the best point found."""
     from mlflow.tracking import MlflowClient
 
     params = (project / "params.yaml").read_text()
@@ -689,12 +693,14 @@ def test_four_queued_experiments_two_at_a_time_all_complete(project: Path):
         "--queue",
         "train",
         "-S",
+        "mlflow.sweep=dropout-x-epochs",
+        "-S",
         "train.fnn.dropout=0.1,0.3",
         "-S",
         "train.common.epochs=2,3",
     )
     assert queued.returncode == 0, queued.stderr[-2000:]
-    started = sh(project, "dvc", "queue", "start", "-j", "2")
+    started = sh(project, "dvc", "queue", "start", "-j", "2", pipes=False)
     assert started.returncode == 0, started.stderr[-2000:]
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -702,7 +708,9 @@ def test_four_queued_experiments_two_at_a_time_all_complete(project: Path):
         if not re.search(r"\b(Queued|Running)\b", status):
             break
         time.sleep(5)
+    workers = queue_worker_logs(project)
     sh(project, "dvc", "queue", "stop", "--kill")
+    assert not re.search(r"\b(Queued|Running)\b", status), f"queue still busy:\n{status}{workers}"
     logs = "".join(
         sh(project, "dvc", "queue", "logs", name).stdout
         for name in re.findall(r"^\S+\s+(\S+)\s+.*\bSuccess\b", status, flags=re.M)
@@ -730,11 +738,39 @@ def test_four_queued_experiments_two_at_a_time_all_complete(project: Path):
         f"{'database is locked' in logs}",
         "nothing" if len(complete) == 12 else f"{12 - len(complete)} lineages",
     )
-    assert status.count("Success") == 4, status
+    assert status.count("Success") == 4, status + everything_logged(project, status) + workers
     assert len(new) == 12 and len(complete) == 12
     assert points == {("0.1", "2"), ("0.1", "3"), ("0.3", "2"), ("0.3", "3")}
     assert "database is locked" not in logs
-    assert client.get_experiment_by_name("digits") is not None
+    # The grid, side by side: MLflow tags and DVC's own experiment table agree.
+    fnn = [r for r in new if r.data.tags["dvc_stage"] == "train@fnn"]
+    assert {r.data.tags["sweep"] for r in new} == {"dropout-x-epochs"}
+    names = {r.data.tags["dvc_experiment"] for r in fnn}
+    shown = sh(project, "dvc", "exp", "show", "--csv").stdout
+    assert len(names) == 4 and all(f"\n{name}," in shown for name in names), shown
+    top = max(fnn, key=lambda r: r.data.metrics["test_accuracy"])
+    best = sh(project, "python", "-m", "pipeline.sweep", "dropout-x-epochs", "--model", "fnn")
+    assert best.returncode == 0, best.stderr
+    assert (
+        f"best by test_accuracy: {top.data.tags['dvc_experiment']} (fnn; model.dropout="
+        f"{top.data.params['model.dropout']}, train.epochs={top.data.params['train.epochs']}) "
+        f"test_accuracy={top.data.metrics['test_accuracy']:.4f}"
+    ) in best.stdout, best.stdout
+
+
+def queue_worker_logs(project: Path) -> str:
+    """The tail of what DVC's queue workers wrote: why a queue stalls when it does."""
+    return "".join(
+        f"\n--- {path.relative_to(project)}\n" + path.read_text(errors="replace")[-3000:]
+        for path in sorted((project / ".dvc/tmp/exps/run").glob("*/*.out"))
+    )
+
+
+def everything_logged(project: Path, status: str) -> str:
+    return "".join(
+        f"\n--- dvc queue logs {name}\n" + sh(project, "dvc", "queue", "logs", name).stdout[-3000:]
+        for name in re.findall(r"^(\S+)\s+.*\b(?:Queued|Running|Failed|Success)\b", status, re.M)
+    )
 
 
 # -- security ---------------------------------------------------------------------------------

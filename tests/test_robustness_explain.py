@@ -114,7 +114,7 @@ def test_corruptions():
 
 def test_integrated_gradients_is_complete(cnn, digits):
     x, y = digits["test"]
-    _, error = integrated_gradients(cnn, x[:8], y[:8], steps=128)
+    _, error = integrated_gradients(cnn, x[:8], y[:8], steps=256)
     assert error.max() < 0.05
 
 
