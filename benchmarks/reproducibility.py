@@ -3,11 +3,12 @@ digits: every metrics file and every set of model weights must come out identica
 values (latency, throughput, wall time) are left out of the comparison; the speed files hold
 nothing else. Prints a table and writes reports/benchmarks/reproducibility.json.
 
-    python -m benchmarks.reproducibility
+    python -m benchmarks.reproducibility [--project CLONE]
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import tempfile
@@ -60,13 +61,24 @@ def fingerprint(project: Path) -> dict[str, str]:
     return digests
 
 
+def twice(project: Path) -> tuple[dict[str, str], dict[str, str], float, float]:
+    first_s = timed(project, "dvc", "repro")
+    first = fingerprint(project)
+    second_s = timed(project, "dvc", "repro", "--force")
+    return first, fingerprint(project), first_s, second_s
+
+
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-reproducibility-") as folder:
-        project = copy_project(Path(folder))
-        first_s = timed(project, "dvc", "repro")
-        first = fingerprint(project)
-        second_s = timed(project, "dvc", "repro", "--force")
-        second = fingerprint(project)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--project", type=Path, help="a clone to run in (its outputs are replaced); default: a copy"
+    )
+    chosen = parser.parse_args().project
+    if chosen is not None:
+        first, second, first_s, second_s = twice(chosen.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-reproducibility-") as folder:
+            first, second, first_s, second_s = twice(copy_project(Path(folder)))
     differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
     print(f"{'artifact':<48} identical")
     for name in sorted(first):

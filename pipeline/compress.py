@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lineage = read_lineage(MODELS_DIR / name)
     with timer.phase("imports"):
         from pipeline.compression import make_variants
-        from pipeline.models import build_classifier, load_keras
+        from pipeline.models import build_classifier, load_keras, save_keras
     with timer.phase("data"):
         model = load_keras(keras_file)
     p, common = params.compress, params.train.common
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         (staging / f"{variant.name}.tflite").write_bytes(variant.tflite)
                 for variant in variants:
                     if variant.name == "pruned" and variant.source is not None:
-                        variant.source.save(staging / "pruned.keras")
+                        save_keras(variant.source, staging / "pruned.keras")
             points = tradeoff_points(report)
             write_json(REPORTS / f"{name}.json", report)
             write_text(REPORTS / f"{name}.md", markdown_table(name, report))

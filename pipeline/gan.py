@@ -23,7 +23,13 @@ from pipeline.cli import PipelineError, run_stage, stage_parser
 from pipeline.figures import save_grid_png
 from pipeline.gan_metrics import agreement, balanced_labels, coverage, frechet_distance
 from pipeline.io import atomic_path, write_json
-from pipeline.models import build_classifier, build_discriminator, build_generator, load_keras
+from pipeline.models import (
+    build_classifier,
+    build_discriminator,
+    build_generator,
+    load_keras,
+    save_keras,
+)
 from pipeline.params import (
     CNNParams,
     GanParams,
@@ -256,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 train_seconds = time.perf_counter() - started
                 metrics = judge(generator, classifier, prepared, params.gan, params.seed)
             with timer.phase("outputs"):
-                generator.save(staging / GENERATOR_FILE)
+                save_keras(generator, staging / GENERATOR_FILE)
                 (staging / "losses.csv").write_text(history_csv(losses), encoding="utf-8")
                 write_json(
                     staging / "lineage.json",

@@ -6,6 +6,8 @@ later stages (compress, evaluate, serving) treat all families alike.
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +190,25 @@ def build_discriminator(
     x = keras.layers.Flatten(name="flatten")(x)
     logit = keras.layers.Dense(1, name="logit")(x)
     return keras.Model([image, label], logit, name="discriminator")
+
+
+def save_keras(model: keras.Model, path: Path) -> None:
+    """`model.save(path)` without the save time: Keras stamps it into metadata.json and onto
+    every zip entry, so the same weights gave different bytes (and gzip sizes) on every run.
+    The archive is rewritten with fixed entry times and no `date_saved` (loading never reads
+    it); the run's time is in MLflow and DVC."""
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, content in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(content)
+                metadata.pop("date_saved", None)
+                content = json.dumps(metadata).encode()
+            stable = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            stable.compress_type, stable.external_attr = info.compress_type, info.external_attr
+            archive.writestr(stable, content)
 
 
 def load_keras(path: Path) -> keras.Model:

@@ -132,12 +132,14 @@ def save_model_dir(folder: Path, model: Any, history: dict, lineage: dict) -> No
     """models/<name>/ written in a temporary folder and renamed: never half-written."""
     import tf_keras as keras
 
+    from pipeline.models import save_keras
+
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         # An uncompiled copy: the deployable weights, without the optimizer's state.
         plain = keras.models.clone_model(model)
         plain.set_weights(model.get_weights())
-        plain.save(tmp / MODEL_FILE)
+        save_keras(plain, tmp / MODEL_FILE)
         (tmp / "history.csv").write_text(history_csv(history), encoding="utf-8")
         write_json(tmp / LINEAGE_FILE, lineage)
 

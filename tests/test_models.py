@@ -103,3 +103,21 @@ def test_load_keras_round_trip_and_one_line_errors(tmp_path):
     (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
     with pytest.raises(PipelineError, match="cut.keras: cannot load the model"):
         load_keras(tmp_path / "cut.keras")
+
+
+def test_saved_keras_files_are_byte_identical_for_the_same_weights(tmp_path):
+    """Keras stamps the save time into the archive; save_keras leaves it out, so a rerun gives
+    the same bytes (and the same gzip size in the compress report)."""
+    import time
+
+    from pipeline.models import load_keras, save_keras
+
+    params = parse_params({"train": {"fnn": {"hidden_units": [8]}}})
+    model = build_classifier("fnn", params.train, (8, 8, 1), 10)
+    save_keras(model, tmp_path / "a.keras")
+    time.sleep(1.1)  # a second later: Keras's own save would differ in its timestamps
+    save_keras(model, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = load_keras(tmp_path / "a.keras")
+    for saved, original in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, original)
