@@ -17,8 +17,6 @@ from typing import Any
 
 from pipeline.cli import PipelineError
 
-STRATEGIES = ("none", "mirrored", "multi_worker")
-
 
 def cluster_task(kind: str) -> tuple[str, int, int]:
     """(task type, index, number of workers) of this process; ("chief", 0, 1) unless

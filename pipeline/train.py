@@ -129,17 +129,13 @@ def train_classifier(
 
 
 def save_model_dir(folder: Path, model: Any, history: dict, lineage: dict) -> None:
-    """models/<name>/ written in a temporary folder and renamed: never half-written."""
-    import tf_keras as keras
-
+    """models/<name>/ written in a temporary folder and renamed: never half-written. `model` is
+    train_classifier's uncompiled copy: the deployable weights, without the optimizer's state."""
     from pipeline.models import save_keras
 
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        # An uncompiled copy: the deployable weights, without the optimizer's state.
-        plain = keras.models.clone_model(model)
-        plain.set_weights(model.get_weights())
-        save_keras(plain, tmp / MODEL_FILE)
+        save_keras(model, tmp / MODEL_FILE)
         (tmp / "history.csv").write_text(history_csv(history), encoding="utf-8")
         write_json(tmp / LINEAGE_FILE, lineage)
 
