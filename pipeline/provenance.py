@@ -60,10 +60,14 @@ def dvc_inputs(stage: str) -> dict[str, Any]:
     md5, params by value; `digest` sums them up. A stage run outside its DVC project (by hand,
     elsewhere) gets the reason instead: provenance must not stop the work."""
     try:
+        from dvc.dvcfile import ProjectFile
         from dvc.repo import Repo
 
         with Repo(".") as repo:
-            (found,) = repo.stage.collect(stage)
+            project = ProjectFile(repo, "dvc.yaml")
+            # The stage as dvc.yaml defines it, without dvc.lock: its recorded hashes are the
+            # previous run's, and parsing it would take most of the time.
+            found = project.LOADER(project, project.contents, {})[stage]
             inputs = {}
             for dep in found.deps:
                 dep.save()

@@ -36,6 +36,22 @@ _FIRST_LINE = time.perf_counter()
 _STARTUP = process_age()
 
 
+def first_line() -> float:
+    """When this process reached the pipeline's first line (`time.perf_counter`, system-wide)."""
+    return _FIRST_LINE
+
+
+def startup() -> float | None:
+    return _STARTUP
+
+
+def restart(first: float, startup_s: float | None) -> None:
+    """Count this process's time from another's start: a warm server's child runs the stage of
+    the process that called it, and that process's start-up and wait are the stage's."""
+    global _FIRST_LINE, _STARTUP
+    _FIRST_LINE, _STARTUP = first, startup_s
+
+
 class StageTimer:
     """Accumulates wall time per phase; whatever no phase claims is reported as `other`."""
 

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.artifacts import LINEAGE_FILE, MODEL_FILE, MODELS_DIR
-from pipeline.cli import run_stage, stage_parser
+from pipeline.cli import PipelineError, run_stage, stage_parser
 from pipeline.datasets import SPLITS
 from pipeline.distribute import cluster_task, is_chief
 from pipeline.io import atomic_path, write_json
@@ -62,6 +63,22 @@ def checkpoint_dir(name: str, params: Params, prepared: Prepared) -> Path:
     return CHECKPOINTS / f"train_{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
+def backup_every_s(distribute: str) -> float:
+    """How often an interrupted fit's backup is refreshed: PIPELINE_BACKUP_EVERY_S seconds
+    (default 30; 0 for every epoch). A multi-worker cluster backs up every epoch: its workers
+    must back up together, which their own clocks cannot agree on."""
+    if distribute == "multi_worker":
+        return 0.0
+    value = os.environ.get("PIPELINE_BACKUP_EVERY_S", "30")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise PipelineError(f"PIPELINE_BACKUP_EVERY_S={value!r}: expected seconds >= 0")
+    return seconds
+
+
 def train_classifier(
     name: str,
     params: Params,
@@ -102,7 +119,8 @@ def train_classifier(
         trained = build()
         trainer = trainer_for(trained, block.adversarial)
         compile_classifier(trainer, block.optimizer, common)
-    resumable = Resumable(checkpoints) if checkpoints is not None else None
+    every_s = backup_every_s(common.distribute)
+    resumable = Resumable(checkpoints, every_s) if checkpoints is not None else None
     if resumable is not None and resumable.finished_epochs:
         print(f"train: {name}: resuming after epoch {resumable.finished_epochs} from {checkpoints}")
     history = fit_classifier(

@@ -47,3 +47,20 @@ def digits_prepared() -> Prepared:
 
     raw = load_digits()
     return make_prepared(scale_pixels(raw.x, raw.pixel_max), raw.y, seed=42)
+
+
+_SERVERS_BEFORE = pytest.StashKey[set]()  # warm servers running before the session
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from pipeline import warm
+
+    session.config.stash[_SERVERS_BEFORE] = {s["pid"] for s in warm.servers()}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the warm servers the tests' projects started, rather than let each idle out."""
+    from pipeline import warm
+
+    before = session.config.stash.get(_SERVERS_BEFORE, set())
+    warm.stop([s for s in warm.servers() if s["pid"] not in before])

@@ -105,7 +105,8 @@ def test_each_stage_records_where_its_time_went(project: Path):
         figures = read(project / f"reports/timing/{stage}.json")
         seconds = figures["seconds"]
         assert sum(seconds.values()) == pytest.approx(figures["total_s"], abs=0.05), stage
-        assert 0 < seconds["startup"] < 10 and seconds["imports"] > 0.1, (stage, seconds)
+        # A TensorFlow stage run by a warm server imports next to nothing itself.
+        assert 0 < seconds["startup"] < 10 and seconds["imports"] > 0, (stage, seconds)
         needs_tensorflow = stage not in ("ingest", "validate", "report")
         assert figures["tensorflow_imported"] is needs_tensorflow, stage
         if not needs_tensorflow:

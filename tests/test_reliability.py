@@ -5,6 +5,7 @@ secrets that must not leak. Each test adds a row to reports/reliability.md."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -384,11 +385,13 @@ def lineage_runs(project: Path) -> list:
 
 @contextlib.contextmanager
 def long_cnn_training(project: Path) -> Iterator[subprocess.Popen]:
-    """`python -m pipeline.train --model cnn` for 30 epochs, started as DVC would start it."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """`python -m pipeline train --model cnn` for 30 epochs, started as DVC starts it: the stage
+    runs in a warm server's child, and the signals go to the process DVC started. It backs up
+    after every epoch (PIPELINE_BACKUP_EVERY_S=0) rather than every 30 s."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PIPELINE_BACKUP_EVERY_S="0")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", "--model", "cnn"],
+        [sys.executable, "-m", "pipeline", "train", "--model", "cnn"],
         cwd=project,
         env=env,
         stdout=subprocess.PIPE,
@@ -401,6 +404,20 @@ def long_cnn_training(project: Path) -> Iterator[subprocess.Popen]:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def process_gone(pid: int, timeout: float = 30) -> bool:
+    """Gone, or a zombie waiting to be reaped: either way it runs no more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def wait_for_epochs(project: Path, count: int, timeout: float = 300) -> int:
@@ -430,6 +447,9 @@ def test_sigkill_mid_training_loses_nothing_and_the_rerun_resumes(project: Path)
         lost = changed(before, snapshot(project))
         orphan = lineage_runs(project)[0]
         assert orphan.info.status == "RUNNING"  # nobody could end it yet
+        stage_process = int(orphan.data.tags["pid"])  # the server's child that ran the stage
+        assert stage_process != process.pid
+        assert process_gone(stage_process), "the stage outlived the process DVC started"
         resumed = sh(project, "python", "-m", "pipeline.train", "--model", "cnn")
         epochs = [int(n) for n in re.findall(r"^Epoch (\d+)/30", resumed.stdout, flags=re.M)]
         history = (project / "models/cnn/history.csv").read_text().splitlines()
@@ -487,6 +507,35 @@ def assert_refused_before_training(result: subprocess.CompletedProcess, expected
     assert expected in errors[0], errors
     assert "Epoch 1/" not in result.stdout  # said at start, before any training
     return errors[0]
+
+
+def test_stopping_the_warm_server_lets_a_running_stage_finish(project: Path):
+    """`python -m pipeline.warm stop` mid-training: the stage completes; the next call starts a
+    new server, while the stopped one exits once its stage has ended."""
+    from pipeline import warm
+
+    params = (project / "params.yaml").read_text()
+    heal(project, params)
+    update_params(project, LONG)
+    try:
+        with long_cnn_training(project) as process:
+            wait_for_epochs(project, 2)
+            stage_process = int(lineage_runs(project)[0].data.tags["pid"])
+            stat = Path(f"/proc/{stage_process}/stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the server that forked it
+            (server,) = [s for s in warm.servers() if int(s["pid"]) == parent]
+            warm.stop([server])
+            _out, err = process.communicate(timeout=600)
+        stopped_gone = process_gone(int(server["pid"]))
+        after = sh(project, "python", "-m", "pipeline", "train", "--model", "fnn")
+        serving = [s["pid"] for s in warm.servers() if s["package"] == server["package"]]
+    finally:
+        shutil.rmtree(project / ".checkpoints", ignore_errors=True)
+        heal(project, params)
+    assert process.returncode == 0, err[-2000:]
+    assert stopped_gone
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert serving and server["pid"] not in serving
 
 
 def test_an_unreachable_tracking_server_stops_the_stage_at_start(project: Path, monkeypatch):
@@ -675,6 +724,20 @@ def test_forced_repro_twice_gives_identical_metrics_and_weights(project: Path):
     tags = latest.data.tags
     assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")
     assert tags["seed"] == "42" and tags["version.tensorflow"] and tags["dvc_inputs_md5"]
+    # The inputs the run records are the ones DVC locked for the stage that made it.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    recorded = json.loads(
+        Path(
+            client.download_artifacts(latest.info.run_id, "provenance/dvc_inputs.json")
+        ).read_text()
+    )["inputs"]
+    locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"][tags["dvc_stage"]]
+    assert recorded == {
+        **{dep["path"]: dep["md5"] for dep in locked["deps"]},
+        **locked["params"],
+    }
 
 
 def test_a_queued_2x2_grid_runs_two_at_a_time_and_every_lineage_completes(project: Path):

@@ -59,3 +59,107 @@ def test_categorical_loss_one_hot_encodes():
 def test_history_csv_has_one_row_per_epoch():
     text = history_csv({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]})
     assert text.splitlines() == ["epoch,loss,val_loss", "1,1,1.1", "2,0.5,0.7"]
+
+
+def resumable_fit(folder, epochs: int, callbacks: list, every_s: float = 0.0):
+    """A tiny FNN fit for `epochs` epochs (no early stopping) with Resumable's callbacks."""
+    from pipeline.training import Resumable
+
+    common = {**TINY["common"], "epochs": epochs, "early_stopping_patience": epochs}
+    params = parse_params({"seed": 0, "train": {**TINY, "common": common}})
+    x, y = synthetic_images(n_per_class=10)
+    data = make_prepared((x / 255.0).astype(np.float32)[..., None], y)
+    make_deterministic(0)
+    model = build_classifier("fnn", params.train, (8, 8, 1), 10)
+    compile_classifier(model, params.train.fnn.optimizer, params.train.common)
+    resumable = Resumable(folder, every_s)
+    fit_classifier(
+        model,
+        data["train"],
+        data["val"],
+        params.train.common,
+        10,
+        verbose=0,
+        callbacks=[*callbacks, *resumable.callbacks()],
+    )
+    return resumable
+
+
+@pytest.fixture
+def four_seconds_an_epoch(monkeypatch):
+    """PeriodicBackup's clock, moved on 4 s at each epoch's end (before the backup's check)."""
+    import tf_keras as keras
+
+    from pipeline.training import PeriodicBackup
+
+    now = [0.0]
+    monkeypatch.setattr(PeriodicBackup, "clock", staticmethod(lambda: now[0]))
+    return keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: now.__setitem__(0, now[0] + 4.0)
+    )
+
+
+@pytest.fixture
+def backups(monkeypatch) -> list[int]:
+    """The 0-based epochs PeriodicBackup backed up after."""
+    from pipeline.training import PeriodicBackup
+
+    done: list[int] = []
+    real = PeriodicBackup._backup
+
+    def recording(self, epoch, batch=0):
+        done.append(epoch)
+        real(self, epoch=epoch, batch=batch)
+
+    monkeypatch.setattr(PeriodicBackup, "_backup", recording)
+    return done
+
+
+def test_backups_are_taken_once_every_interval_not_every_epoch(
+    tmp_path, four_seconds_an_epoch, backups
+):
+    resumable_fit(tmp_path / "every10", 6, [four_seconds_an_epoch], every_s=10.0)
+    assert backups == [2, 5]  # at 12 s and at 24 s
+    backups.clear()
+    resumable_fit(tmp_path / "every0", 4, [four_seconds_an_epoch], every_s=0.0)
+    assert backups == [0, 1, 2, 3]
+
+
+def test_a_resumed_fit_reruns_the_epochs_logged_after_its_last_backup(
+    tmp_path, four_seconds_an_epoch, backups
+):
+    """Backed up after epoch 3 (at 12 s), killed during epoch 5's end: the rerun resumes after
+    epoch 3, and the history holds each of the 7 epochs once."""
+    import tf_keras as keras
+
+    from pipeline.training import Resumable
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, logs):
+        if epoch == 4:
+            raise Killed  # before the epoch's row and any backup of it
+
+    folder = tmp_path / "fit"
+    with pytest.raises(Killed):
+        resumable_fit(
+            folder,
+            7,
+            [four_seconds_an_epoch, keras.callbacks.LambdaCallback(on_epoch_end=kill)],
+            every_s=10.0,
+        )
+    assert backups == [2]
+    interrupted = Resumable(folder, every_s=10.0)
+    assert interrupted.finished_epochs == 3
+    assert len(interrupted.history()["loss"]) == 4  # one epoch logged after the backup
+    started: list[int] = []
+    resumable_fit(
+        folder,
+        7,
+        [keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(epoch))],
+        every_s=10.0,
+    )
+    assert started == [3, 4, 5, 6]  # 0-based: from the first epoch the backup lacked
+    history = Resumable(folder).history()
+    assert len(history["loss"]) == 7
