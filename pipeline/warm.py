@@ -475,7 +475,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve(Path(args[1]))
     elif args == ["status"]:
         for server in servers():
-            print(f"{server['pid']}\t{server['package']}\t{server['socket']}")
+            log = Path(server["socket"]).with_suffix(".log")
+            print(f"{server['pid']}\t{server['package']}\t{server['socket']}\t{log}")
     elif args == ["stop"]:
         print(f"stopping {len(stop())} warm server(s)")
     else:

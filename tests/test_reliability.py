@@ -697,7 +697,9 @@ def test_an_unwritable_output_folder_is_named(project: Path):
 # -- reproducibility and concurrency ----------------------------------------------------------
 
 
-def test_forced_repro_twice_gives_identical_metrics_and_weights(project: Path):
+def test_forced_repro_twice_gives_identical_metrics_and_weights(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+):
     params = (project / "params.yaml").read_text()
     heal(project, params)
 
@@ -720,6 +722,19 @@ def test_forced_repro_twice_gives_identical_metrics_and_weights(project: Path):
         f"{'identical' if first == second else 'DIFFERENT: ' + ', '.join(changed(first, second))}",
     )
     assert first == second
+    # The same without the warm server: each stage in a process of its own.
+    monkeypatch.setenv("PIPELINE_WARM", "0")
+    result = sh(project, "dvc", "repro", "--force", "train")
+    monkeypatch.delenv("PIPELINE_WARM")
+    assert result.returncode == 0, result.stderr[-2000:]
+    cold = state()
+    record(
+        "reproducibility",
+        "`dvc repro --force train` once more with PIPELINE_WARM=0 (no warm server)",
+        f"{len(first)} metrics files and weight sets compared with the warm runs': "
+        f"{'identical' if first == cold else 'DIFFERENT: ' + ', '.join(changed(first, cold))}",
+    )
+    assert first == cold
     latest = lineage_runs(project)[0]
     tags = latest.data.tags
     assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")
