@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tf_keras as keras
@@ -193,10 +194,12 @@ def build_discriminator(
 
 
 def save_keras(model: keras.Model, path: Path) -> None:
-    """`model.save(path)` without the save time: Keras stamps it into metadata.json and onto
-    every zip entry, so the same weights gave different bytes (and gzip sizes) on every run.
-    The archive is rewritten with fixed entry times and no `date_saved` (loading never reads
-    it); the run's time is in MLflow and DVC."""
+    """`model.save(path)` without what varies from run to run for the same model: Keras stamps
+    the save time into metadata.json and onto every zip entry, and numbers the objects layers
+    share (`shared_object_id` in config.json) by their memory addresses. The archive is rewritten
+    with fixed entry times, no `date_saved` (loading never reads it; the run's time is in MLflow
+    and DVC), and shared objects numbered in order of appearance (loading only matches equal
+    numbers). The same weights then give the same bytes, and the same gzip size."""
     model.save(path)
     with zipfile.ZipFile(path) as archive:
         entries = [(info, archive.read(info)) for info in archive.infolist()]
@@ -206,9 +209,24 @@ def save_keras(model: keras.Model, path: Path) -> None:
                 metadata = json.loads(content)
                 metadata.pop("date_saved", None)
                 content = json.dumps(metadata).encode()
+            elif info.filename == "config.json":
+                content = json.dumps(_renumber_shared_objects(json.loads(content), {})).encode()
             stable = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             stable.compress_type, stable.external_attr = info.compress_type, info.external_attr
             archive.writestr(stable, content)
+
+
+def _renumber_shared_objects(config: Any, numbers: dict[Any, int]) -> Any:
+    if isinstance(config, dict):
+        return {
+            key: numbers.setdefault(value, len(numbers) + 1)
+            if key == "shared_object_id"
+            else _renumber_shared_objects(value, numbers)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_renumber_shared_objects(item, numbers) for item in config]
+    return config
 
 
 def load_keras(path: Path) -> keras.Model:

@@ -121,3 +121,24 @@ def test_saved_keras_files_are_byte_identical_for_the_same_weights(tmp_path):
     loaded = load_keras(tmp_path / "a.keras")
     for saved, original in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(saved, original)
+
+
+def test_the_same_lstm_built_twice_saves_to_the_same_bytes(tmp_path):
+    """Keras numbers the objects an LSTM's layers share by their memory addresses: two copies
+    of one model (as two processes, or two warm-server children, build it) saved differently."""
+    import zipfile
+
+    from pipeline.models import load_keras, save_keras
+
+    params = parse_params({"train": {"lstm": {"units": [8], "dense_units": []}}})
+    first = build_classifier("lstm", params.train, (8, 8, 1), 10)
+    second = build_classifier("lstm", params.train, (8, 8, 1), 10)
+    second.set_weights(first.get_weights())
+    save_keras(first, tmp_path / "a.keras")
+    save_keras(second, tmp_path / "b.keras")
+    with zipfile.ZipFile(tmp_path / "a.keras") as archive:
+        assert '"shared_object_id": 1' in archive.read("config.json").decode()
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = load_keras(tmp_path / "b.keras")
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), first.predict(x, verbose=0))
