@@ -119,6 +119,14 @@ def runtime_dir() -> Path:
     return folder
 
 
+def server_address() -> Path:
+    """The socket of the server for this code and environment (its log is beside it)."""
+    address = runtime_dir() / f"{server_key()}.sock"
+    if len(str(address)) > 100:  # AF_UNIX addresses hold at most 107 bytes
+        raise Unavailable(f"socket path too long: {address}")
+    return address
+
+
 # --- the caller -------------------------------------------------------------------------------
 
 
@@ -126,13 +134,10 @@ def run(stage: str, argv: Sequence[str]) -> int:
     """Run `stage` with `argv` in a warm server's child; return its exit status.
 
     Raises Unavailable, before the stage has started, when no server can take it."""
-    folder = runtime_dir()
-    key = server_key()
-    address = folder / f"{key}.sock"
-    if len(str(address)) > 100:  # AF_UNIX addresses hold at most 107 bytes
-        raise Unavailable(f"socket path too long: {address}")
+    address = server_address()
+    log = address.with_suffix(".log")
     for attempt in (1, 2):  # a server that reached its idle limit as we called: start one
-        connection = _connect(address) or _start_server(address, folder / f"{key}.log")
+        connection = _connect(address) or _start_server(address, log)
         with connection:
             payload = json.dumps(call(stage, argv)).encode()
             try:
@@ -154,7 +159,7 @@ def run(stage: str, argv: Sequence[str]) -> int:
     if not last:
         print(
             f"{stage}: error: the warm server ended while the stage ran (process {child}); "
-            f"see {folder / f'{key}.log'}",
+            f"see {log}",
             file=sys.stderr,
         )
         return 1
@@ -226,14 +231,12 @@ def prewarm() -> None:
     if os.environ.get("PIPELINE_WARM", "1") in ("0", ""):
         return
     with contextlib.suppress(Unavailable, OSError):
-        folder = runtime_dir()
-        key = server_key()
-        address = folder / f"{key}.sock"
+        address = server_address()
         connection = _connect(address)
         if connection is not None:
             connection.close()
-        elif len(str(address)) <= 100:
-            _spawn(address, folder / f"{key}.log")
+        else:
+            _spawn(address, address.with_suffix(".log"))
 
 
 @contextlib.contextmanager
