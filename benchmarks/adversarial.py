@@ -14,9 +14,9 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.io import write_json
-from pipeline.params import load_params
+from pipeline.core import tracking
+from pipeline.core.io import write_json
+from pipeline.core.params import load_params
 from tests.conftest import REPO
 from tests.e2e import run
 

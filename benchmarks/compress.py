@@ -13,13 +13,13 @@ import json
 
 import numpy as np
 
-from pipeline.artifacts import MODEL_FILE, MODELS_DIR
-from pipeline.compress import COMPRESSED_DIR, REPORTS, target_checks
-from pipeline.inference import TFLiteModel, keras_callers, latency_stats
-from pipeline.io import write_json
-from pipeline.models import load_keras
-from pipeline.params import load_params
-from pipeline.prepared import load_prepared
+from pipeline.core.io import write_json
+from pipeline.core.layout import MODEL_FILE, MODELS_DIR
+from pipeline.core.params import load_params
+from pipeline.data.prepared import load_prepared
+from pipeline.ml.inference import TFLiteModel, keras_callers, latency_stats
+from pipeline.ml.models import load_keras
+from pipeline.stages.compress import COMPRESSED_DIR, REPORTS, target_checks
 from tests.conftest import REPO
 
 OUTPUT = REPO / "reports/benchmarks/compress.json"

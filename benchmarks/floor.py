@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
+from pipeline.core.params import MODEL_NAMES, load_params
+from pipeline.data.prepared import PREPARED_DIR
+
 # The package import sets TF_USE_LEGACY_KERAS before TensorFlow loads, as it does for the stages.
-from pipeline.models import build_classifier
-from pipeline.params import MODEL_NAMES, load_params
-from pipeline.prepared import PREPARED_DIR
-from pipeline.training import compile_classifier, fit_classifier, make_deterministic
+from pipeline.ml.models import build_classifier
+from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import load_digits
-from pipeline.io import write_json
+from pipeline.core.io import write_json
+from pipeline.data.sources import load_digits
 from tests.conftest import REPO, write_idx
 from tests.e2e import copy_project, run, update_params
 

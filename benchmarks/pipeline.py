@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import write_json
-from pipeline.timing import PHASES
+from pipeline.core.io import write_json
+from pipeline.core.timing import PHASES
 from tests.conftest import REPO
 from tests.e2e import copy_project, update_params
 

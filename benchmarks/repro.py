@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.io import write_json
+from pipeline.core.io import write_json
 from tests.conftest import REPO
 from tests.e2e import copy_project, run
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.repro import timed
-from pipeline.io import write_json
+from pipeline.core.io import write_json
 from tests.conftest import REPO
 from tests.e2e import copy_project, weight_digest
 

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.io import write_json
+from pipeline.core.params import Params, load_params
+
 # The package import sets TF_USE_LEGACY_KERAS before TensorFlow loads, as it does for the stages.
-from pipeline.datasets import load_digits, scale_pixels, stratified_split
-from pipeline.io import write_json
-from pipeline.models import build_classifier
-from pipeline.params import Params, load_params
-from pipeline.training import compile_classifier, fit_classifier, make_deterministic
+from pipeline.data.sources import load_digits, scale_pixels, stratified_split
+from pipeline.ml.models import build_classifier
+from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic
 from tests.conftest import REPO
 
 import tensorflow as tf  # isort: skip  (after the package import above)

@@ -19,6 +19,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Marks the first line of the pipeline's own code, for each stage's time split.
-from pipeline import timing as _timing  # noqa: F401
+from pipeline.core import timing as _timing  # noqa: F401
 
 __all__: list[str] = []

@@ -1,6 +1,6 @@
 """`python -m pipeline <stage> [args]`: how DVC runs every stage.
 
-A stage that needs TensorFlow goes to a warm server (`pipeline.warm`), which has TensorFlow and
+A stage that needs TensorFlow goes to a warm server (`pipeline.runtime`), which has TensorFlow and
 MLflow imported already; the others, and every stage when PIPELINE_WARM=0 or no server can be
 had, run in this process, exactly as `python -m pipeline.<stage>` runs them. The stages that
 come before the TensorFlow ones start the server, so that its imports overlap their work.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import warm
+from pipeline.runtime import warm
 
 STAGES = ("ingest", "validate", "train", "gan", "compress", "evaluate", "report")
 PREWARM = ("ingest", "validate")  # the stages that come before the TensorFlow ones

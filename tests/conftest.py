@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS and telemetry switches)
-from pipeline.datasets import stratified_split
-from pipeline.prepared import Prepared, build_manifest
+from pipeline.data.prepared import Prepared, build_manifest
+from pipeline.data.sources import stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def make_prepared(x: np.ndarray, y: np.ndarray, num_classes: int = 10, seed: int
 
 @pytest.fixture
 def digits_prepared() -> Prepared:
-    from pipeline.datasets import load_digits, scale_pixels
+    from pipeline.data.sources import load_digits, scale_pixels
 
     raw = load_digits()
     return make_prepared(scale_pixels(raw.x, raw.pixel_max), raw.y, seed=42)
@@ -53,14 +53,14 @@ _SERVERS_BEFORE = pytest.StashKey[set]()  # warm servers running before the sess
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    from pipeline import warm
+    from pipeline.runtime import warm
 
     session.config.stash[_SERVERS_BEFORE] = {s["pid"] for s in warm.servers()}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop the warm servers the tests' projects started, rather than let each idle out."""
-    from pipeline import warm
+    from pipeline.runtime import warm
 
     before = session.config.stash.get(_SERVERS_BEFORE, set())
     warm.stop([s for s in warm.servers() if s["pid"] not in before])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.compress import markdown_table, measure, target_checks
-from pipeline.compression import make_variants, prune, to_tflite, weight_sparsity
-from pipeline.inference import TFLiteModel, tensor_dtypes
-from pipeline.models import build_classifier
-from pipeline.params import CompressParams, TrainCommon, parse_params
-from pipeline.training import compile_classifier, fit_classifier, make_deterministic
+from pipeline.core.params import CompressParams, TrainCommon, parse_params
+from pipeline.ml.compression import make_variants, prune, to_tflite, weight_sparsity
+from pipeline.ml.inference import TFLiteModel, tensor_dtypes
+from pipeline.ml.models import build_classifier
+from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic
+from pipeline.stages.compress import markdown_table, measure, target_checks
 
 COMMON = TrainCommon(epochs=3, batch_size=64, early_stopping_patience=3)
 
@@ -32,7 +32,7 @@ def small_cnn(request):
 
 @pytest.fixture(scope="module")
 def digits_prepared():
-    from pipeline.datasets import load_digits, scale_pixels
+    from pipeline.data.sources import load_digits, scale_pixels
     from tests.conftest import make_prepared
 
     raw = load_digits()
@@ -97,7 +97,7 @@ def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_pat
 
 
 def test_batch_norm_folding_keeps_the_function_and_the_zeros(digits_prepared):
-    from pipeline.compression import fold_batch_norm, has_batch_norm
+    from pipeline.ml.compression import fold_batch_norm, has_batch_norm
 
     block = {"filters": [8, 16], "dense_units": [32], "batch_norm": True}
     model = trained("cnn", digits_prepared, **block)
@@ -159,7 +159,7 @@ def test_target_checks_flag_what_is_not_met():
 
 
 def test_coincident_variants_share_one_label():
-    from pipeline.figures import coincident
+    from pipeline.ml.figures import coincident
 
     points = [
         {"variant": "float32", "size_gzip_kib": 193.5, "accuracy": 0.99},

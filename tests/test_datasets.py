@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import PipelineError
-from pipeline.datasets import (
+from pipeline.core.cli import PipelineError
+from pipeline.data.sources import (
     load_digits,
     load_idx,
     load_npz,

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import PipelineError
-from pipeline.distribute import cluster_task, is_chief
-from pipeline.params import parse_params
+from pipeline.core.cli import PipelineError
+from pipeline.core.params import parse_params
+from pipeline.ml.distribute import cluster_task, is_chief
 from tests.conftest import REPO, make_prepared, synthetic_images, write_idx
 from tests.e2e import TINY_TRAIN, copy_project, run, update_params
 
@@ -23,7 +23,7 @@ from tests.e2e import TINY_TRAIN, copy_project, run, update_params
 def test_input_pipeline_batches_every_example_once_per_epoch_reshuffled():
     import tensorflow as tf
 
-    from pipeline.training import input_pipeline, make_deterministic
+    from pipeline.ml.training import input_pipeline, make_deterministic
 
     x = np.arange(10, dtype=np.float32)[:, None]
     make_deterministic(0)
@@ -64,9 +64,9 @@ def tf_config(workers: list[str], index: int) -> str:
 def test_mixed_precision_computes_in_float16_and_saves_float32():
     import tf_keras as keras
 
-    from pipeline.models import build_classifier
-    from pipeline.train import train_classifier
-    from pipeline.training import precision
+    from pipeline.ml.models import build_classifier
+    from pipeline.ml.training import precision
+    from pipeline.stages.train import train_classifier
 
     params = parse_params(
         {
@@ -99,9 +99,9 @@ MIRRORED = textwrap.dedent(
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from pipeline.datasets import load_digits, scale_pixels
-    from pipeline.params import parse_params
-    from pipeline.train import train_classifier
+    from pipeline.data.sources import load_digits, scale_pixels
+    from pipeline.core.params import parse_params
+    from pipeline.stages.train import train_classifier
     from tests.conftest import make_prepared
 
     raw = load_digits()
@@ -183,7 +183,10 @@ def test_two_workers_on_this_machine_train_on_mnist_shaped_files(tmp_path: Path)
             text=True,
         )
         for index, command in enumerate(
-            [["dvc", "repro", "train@fnn"], ["python", "-m", "pipeline.train", "--model", "fnn"]]
+            [
+                ["dvc", "repro", "train@fnn"],
+                ["python", "-m", "pipeline.stages.train", "--model", "fnn"],
+            ]
         )
     ]
     try:

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.compression import to_tflite
-from pipeline.evaluate import (
+from pipeline.core.params import EvaluateParams, TrainCommon, parse_params
+from pipeline.ml.compression import to_tflite
+from pipeline.ml.explain import grad_cam_layer
+from pipeline.ml.inference import TFLiteModel
+from pipeline.ml.models import build_classifier
+from pipeline.ml.robustness import fgsm, pgd
+from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic, trainer_for
+from pipeline.stages.evaluate import (
     evaluate_model,
     explained_indices,
     headline_metrics,
@@ -19,12 +25,6 @@ from pipeline.evaluate import (
     plot_tables,
     write_figures,
 )
-from pipeline.explain import grad_cam_layer
-from pipeline.inference import TFLiteModel
-from pipeline.models import build_classifier
-from pipeline.params import EvaluateParams, TrainCommon, parse_params
-from pipeline.robustness import fgsm, pgd
-from pipeline.training import compile_classifier, fit_classifier, make_deterministic, trainer_for
 from tests.test_stages_cli import stage, write_params
 
 COMMON = TrainCommon(epochs=4, batch_size=64, early_stopping_patience=4)
@@ -49,7 +49,7 @@ QUICK = EvaluateParams(
 
 @pytest.fixture(scope="module")
 def digits():
-    from pipeline.datasets import load_digits, scale_pixels
+    from pipeline.data.sources import load_digits, scale_pixels
     from tests.conftest import make_prepared
 
     raw = load_digits()
@@ -211,7 +211,7 @@ def test_adversarial_training_makes_the_cnn_more_robust(digits):
 
 
 def test_fgsm_training_runs_and_crafts_inside_the_ball(digits):
-    from pipeline.training import AdversarialTraining
+    from pipeline.ml.training import AdversarialTraining
 
     params = parse_params({"train": {"cnn": {**SMALL_CNN, "adversarial": {"method": "fgsm"}}}})
     model = build_classifier("cnn", params.train, (8, 8, 1), 10)

@@ -27,10 +27,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
-from pipeline.cli import PipelineError
-from pipeline.datasets import RawData, load_source, npz_bytes, read_idx
-from pipeline.params import Params, load_params
-from pipeline.prepared import Prepared, build_manifest, load_prepared, write_prepared
+from pipeline.core.cli import PipelineError
+from pipeline.core.params import Params, load_params
+from pipeline.data.prepared import Prepared, build_manifest, load_prepared, write_prepared
+from pipeline.data.sources import RawData, load_source, npz_bytes, read_idx
 from tests.conftest import REPO
 
 T = TypeVar("T")

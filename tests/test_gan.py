@@ -1,17 +1,17 @@
 import numpy as np
 import pytest
 
-from pipeline.cli import PipelineError
-from pipeline.gan import generate, train_gan
-from pipeline.gan_metrics import (
+from pipeline.core.cli import PipelineError
+from pipeline.core.params import GanParams
+from pipeline.ml.gan_metrics import (
     agreement,
     balanced_labels,
     coverage,
     frechet_distance,
     frechet_distance_from_stats,
 )
-from pipeline.models import build_discriminator, build_generator
-from pipeline.params import GanParams
+from pipeline.ml.models import build_discriminator, build_generator
+from pipeline.stages.gan import generate, train_gan
 from tests.conftest import make_prepared, synthetic_images
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import PipelineError
-from pipeline.params import Params, flatten, load_params, parse_params
+from pipeline.core.cli import PipelineError
+from pipeline.core.params import Params, flatten, load_params, parse_params
 from tests.conftest import REPO
 
 

@@ -201,13 +201,13 @@ def test_gan_stage_writes_its_outputs_and_lineage(project: Path, monkeypatch):
 
 
 def test_generate_writes_data_the_pipeline_ingests(project: Path):
-    from pipeline.datasets import load_npz
+    from pipeline.data.sources import load_npz
 
     result = run(
         project,
         "python",
         "-m",
-        "pipeline.generate",
+        "pipeline.tools.generate",
         "--label",
         "7",
         "--count",
@@ -220,7 +220,7 @@ def test_generate_writes_data_the_pipeline_ingests(project: Path):
     assert raw.x.shape == (20, 8, 8, 1) and raw.pixel_max == 1.0
     assert set(raw.y.tolist()) == {7}
     assert (project / "data/generated/sevens.png").stat().st_size > 100
-    bad = run(project, "python", "-m", "pipeline.generate", "--label", "12", "--out", "x.npz")
+    bad = run(project, "python", "-m", "pipeline.tools.generate", "--label", "12", "--out", "x.npz")
     assert bad.returncode == 1
     assert (
         bad.stderr.strip().splitlines()[-1] == "generate: error: --label must be in 0..9 (got 12)"
@@ -373,7 +373,7 @@ def test_report_escapes_strings_from_params(project: Path):
         params.replace("experiment: null", f"experiment: '{hostile}'")
     )
     try:
-        result = run(project, "python", "-m", "pipeline.report", "--params", "hostile.yaml")
+        result = run(project, "python", "-m", "pipeline.stages.report", "--params", "hostile.yaml")
         assert result.returncode == 0, result.stderr[-2000:]
         html = page_file.read_text()
         assert hostile not in html
@@ -486,7 +486,7 @@ def test_adversarially_trained_cnn_is_an_experiment_beside_the_plain_one(project
 
 
 def test_first_promotion_blesses_every_family(project: Path):
-    result = run(project, "python", "-m", "pipeline.promote")
+    result = run(project, "python", "-m", "pipeline.tools.promote")
     assert result.returncode == 0, result.stderr[-2000:]
     decisions = read(project / "reports/promotion.json")["models"]
     client = mlflow_client(project)
@@ -642,7 +642,7 @@ def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
     # A run that fails validation promotes nothing: the champions stay where they were.
     client = mlflow_client(project)
     champions = {n: client.get_model_version_by_alias(f"digits-{n}", "champion") for n in MODELS}
-    promoted = run(project, "python", "-m", "pipeline.promote")
+    promoted = run(project, "python", "-m", "pipeline.tools.promote")
     assert promoted.returncode == 1
     assert promoted.stderr.strip().splitlines()[-1] == (
         "promote: error: data/prepared holds data that reports/validation/results.json does not"

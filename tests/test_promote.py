@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.params import PromoteParams
-from pipeline.promote import (
+from pipeline.core.params import PromoteParams
+from pipeline.tools.promote import (
     ACCURACY,
     CHALLENGER,
     CHAMPION,
@@ -76,7 +76,7 @@ def candidate(tmp_path: Path, family: str, accuracy: float, data_hash: str = "h"
     """A lineage run as the stages leave it: a logged model, evaluate metrics, lineage.json."""
     import tf_keras as keras
 
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     inputs = keras.Input((8, 8, 1))
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))

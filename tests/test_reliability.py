@@ -292,7 +292,7 @@ def test_bad_input_is_one_line_and_loses_nothing(project: Path, bad: BadInput):
 
 
 def plant_prepared(project: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
-    from pipeline.prepared import (
+    from pipeline.data.prepared import (
         PREPARED_DIR,
         Prepared,
         build_manifest,
@@ -346,8 +346,8 @@ def test_bad_prepared_data_stops_at_validate(project: Path, fault: str):
         x, y = plant(a["x"], a["y"], (t["x"], t["y"]))
     try:
         plant_prepared(project, split, x, y)
-        validated = sh(project, "python", "-m", "pipeline.validate")
-        trained = sh(project, "python", "-m", "pipeline.train", "--model", "fnn")
+        validated = sh(project, "python", "-m", "pipeline.stages.validate")
+        trained = sh(project, "python", "-m", "pipeline.stages.train", "--model", "fnn")
         lost = changed(before, snapshot(project))
     finally:
         sh(project, "dvc", "checkout", "--force", "data/prepared")
@@ -364,7 +364,7 @@ def test_bad_prepared_data_stops_at_validate(project: Path, fault: str):
 
 
 def test_an_unknown_model_on_the_command_line_is_one_line(project: Path):
-    result = sh(project, "python", "-m", "pipeline.train", "--model", "rnn")
+    result = sh(project, "python", "-m", "pipeline.stages.train", "--model", "rnn")
     lines = result.stderr.strip().splitlines()
     record("params", "unknown model on the command line (--model rnn)", lines[-1])
     assert result.returncode == 2 and len(lines) == 1
@@ -450,7 +450,7 @@ def test_sigkill_mid_training_loses_nothing_and_the_rerun_resumes(project: Path)
         stage_process = int(orphan.data.tags["pid"])  # the server's child that ran the stage
         assert stage_process != process.pid
         assert process_gone(stage_process), "the stage outlived the process DVC started"
-        resumed = sh(project, "python", "-m", "pipeline.train", "--model", "cnn")
+        resumed = sh(project, "python", "-m", "pipeline.stages.train", "--model", "cnn")
         epochs = [int(n) for n in re.findall(r"^Epoch (\d+)/30", resumed.stdout, flags=re.M)]
         history = (project / "models/cnn/history.csv").read_text().splitlines()
         runs = {r.info.run_id: r for r in lineage_runs(project)}
@@ -510,9 +510,9 @@ def assert_refused_before_training(result: subprocess.CompletedProcess, expected
 
 
 def test_stopping_the_warm_server_lets_a_running_stage_finish(project: Path):
-    """`python -m pipeline.warm stop` mid-training: the stage completes; the next call starts a
-    new server, while the stopped one exits once its stage has ended."""
-    from pipeline import warm
+    """`python -m pipeline.runtime.warm stop` mid-training: the stage completes; the next call
+    starts a new server, while the stopped one exits once its stage has ended."""
+    from pipeline.runtime import warm
 
     params = (project / "params.yaml").read_text()
     heal(project, params)
@@ -548,7 +548,7 @@ def test_an_unreachable_tracking_server_stops_the_stage_at_start(project: Path, 
         "MLFLOW_TRACKING_URI=http://127.0.0.1:9",
         "python",
         "-m",
-        "pipeline.train",
+        "pipeline.stages.train",
         "--model",
         "fnn",
     )
@@ -566,7 +566,7 @@ def test_a_locked_sqlite_store_stops_the_stage_at_start(project: Path):
     connection = sqlite3.connect(project / "mlflow.db", isolation_level=None)
     try:
         connection.execute("BEGIN EXCLUSIVE")
-        result = sh(project, "python", "-m", "pipeline.train", "--model", "fnn")
+        result = sh(project, "python", "-m", "pipeline.stages.train", "--model", "fnn")
     finally:
         connection.execute("ROLLBACK")
         connection.close()
@@ -598,7 +598,7 @@ def read_only(path: Path) -> Iterator[None]:
 def test_a_read_only_sqlite_store_stops_the_stage_at_start(project: Path):
     before = snapshot(project)
     with read_only(project / "mlflow.db"):
-        result = sh(project, "python", "-m", "pipeline.train", "--model", "fnn")
+        result = sh(project, "python", "-m", "pipeline.stages.train", "--model", "fnn")
     line = assert_refused_before_training(result, "readonly database")
     record("store", "SQLite store read-only", line)
     assert changed(before, snapshot(project)) == []
@@ -650,7 +650,7 @@ def test_a_full_disk_during_ingest_leaves_the_last_data(project: Path):
 
     env = dict(os.environ)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.ingest"],
+        [sys.executable, "-m", "pipeline.stages.ingest"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -677,7 +677,7 @@ def test_an_unwritable_output_folder_is_named(project: Path):
     subprocess.run(["rm", "-rf", str(reports)], check=True)
     reports.write_text("a file where the folder should be")
     try:
-        result = sh(project, "python", "-m", "pipeline.train", "--model", "fnn")
+        result = sh(project, "python", "-m", "pipeline.stages.train", "--model", "fnn")
         model_whole = len(weight_digest(project / "models/fnn/model.keras")) == 64
     finally:
         reports.unlink()
@@ -827,7 +827,7 @@ def test_a_queued_2x2_grid_runs_two_at_a_time_and_every_lineage_completes(projec
     shown = sh(project, "dvc", "exp", "show", "--csv").stdout
     assert len(names) == 4 and all(f"\n{name}," in shown for name in names), shown
     top = max(fnn, key=lambda r: r.data.metrics["test_accuracy"])
-    best = sh(project, "python", "-m", "pipeline.sweep", "dropout-x-epochs", "--model", "fnn")
+    best = sh(project, "python", "-m", "pipeline.tools.sweep", "dropout-x-epochs", "--model", "fnn")
     assert best.returncode == 0, best.stderr
     assert (
         f"best by test_accuracy: {top.data.tags['dvc_experiment']} (fnn; model.dropout="
@@ -858,8 +858,8 @@ def test_keras_files_are_loaded_in_safe_mode(tmp_path: Path, monkeypatch):
     """A .keras file whose Lambda layer carries code is refused, the code never runs."""
     import tf_keras as keras
 
-    from pipeline.cli import PipelineError
-    from pipeline.models import load_keras
+    from pipeline.core.cli import PipelineError
+    from pipeline.ml.models import load_keras
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("PWNED_MARKER", str(marker))

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.explain import (
+from pipeline.core.params import TrainCommon, parse_params
+from pipeline.ml.explain import (
     deletion_curve,
     grad_cam,
     integrated_gradients,
@@ -15,9 +16,8 @@ from pipeline.explain import (
     smoothgrad,
     vanilla_gradients,
 )
-from pipeline.models import build_classifier
-from pipeline.params import TrainCommon, parse_params
-from pipeline.robustness import (
+from pipeline.ml.models import build_classifier
+from pipeline.ml.robustness import (
     calibration,
     fgsm,
     gaussian_noise,
@@ -26,14 +26,14 @@ from pipeline.robustness import (
     rotate,
     shift,
 )
-from pipeline.training import compile_classifier, fit_classifier, make_deterministic
+from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic
 
 COMMON = TrainCommon(epochs=4, batch_size=64, early_stopping_patience=4)
 
 
 @pytest.fixture(scope="module")
 def digits():
-    from pipeline.datasets import load_digits, scale_pixels
+    from pipeline.data.sources import load_digits, scale_pixels
     from tests.conftest import make_prepared
 
     raw = load_digits()

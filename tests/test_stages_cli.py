@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.cli import PipelineError
-from pipeline.datasets import load_digits
-from pipeline.ingest import prepare
-from pipeline.params import DataParams
-from pipeline.prepared import load_prepared, write_prepared
+from pipeline.core.cli import PipelineError
+from pipeline.core.params import DataParams
+from pipeline.data.prepared import load_prepared, write_prepared
+from pipeline.data.sources import load_digits
+from pipeline.stages.ingest import prepare
 from tests.conftest import REPO
 
 
 def stage(cwd: Path, module: str, *args: str, env: dict | None = None):
     return subprocess.run(
-        [sys.executable, "-m", f"pipeline.{module}", *args],
+        [sys.executable, "-m", f"pipeline.stages.{module}", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -107,7 +107,7 @@ def test_corrupt_prepared_split_is_one_line(tmp_path: Path):
 
 
 def test_atomic_directory_swap_recovers_after_a_crash_between_renames(tmp_path: Path):
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     target = tmp_path / "out"
     (tmp_path / ".out.old").mkdir()

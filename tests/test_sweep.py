@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.sweep import best, main, varying
+from pipeline.tools.sweep import best, main, varying
 
 
 def log_run(name: str, tags: dict[str, str], params: dict[str, str], accuracy: float) -> None:
@@ -51,7 +51,7 @@ def test_best_point_by_highest_and_lowest(store: Path, capsys):
 
 
 def test_unknown_sweep_or_metric_is_one_clear_error(store: Path):
-    from pipeline.cli import PipelineError
+    from pipeline.core.cli import PipelineError
 
     with pytest.raises(PipelineError, match="no lineage run tagged sweep 'nope'"):
         main(["nope"])

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.timing import PHASES, StageTimer
+from pipeline.core.timing import PHASES, StageTimer
 
 
 def test_process_age_counts_from_the_process_start():
-    code = "import time; time.sleep(0.6); import pipeline.timing as t; print(t.process_age())"
+    code = "import time; time.sleep(0.6); import pipeline.core.timing as t; print(t.process_age())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     age = float(out.stdout)
     assert 0.6 <= age < 30, age
@@ -64,8 +64,8 @@ def test_stages_that_need_no_tensorflow_do_not_import_it(stage: str):
     """The stage module and everything its main() imports on the way (checked end to end by the
     timing files of a real `dvc repro` in the slow tests)."""
     code = (
-        f"import sys, pipeline.{stage} as m; "
-        "import pipeline.datasets, pipeline.prepared, pipeline.params; "
+        f"import sys, pipeline.stages.{stage} as m; "
+        "import pipeline.data.sources, pipeline.data.prepared, pipeline.core.params; "
         "print(sorted(k for k in ('tensorflow', 'tf_keras', 'mlflow') if k in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -76,7 +76,7 @@ def test_metric_series_go_to_mlflow_in_batches(tmp_path: Path, monkeypatch):
     """Real SQLite store; the client's log_batch is wrapped only to count the calls."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.core import tracking
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)

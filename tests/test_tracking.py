@@ -6,8 +6,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.cli import PipelineError
+from pipeline.core import tracking
+from pipeline.core.cli import PipelineError
 
 
 @pytest.fixture

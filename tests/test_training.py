@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
 
-from pipeline.models import build_classifier
-from pipeline.params import parse_params
-from pipeline.train import history_csv
-from pipeline.training import (
+from pipeline.core.params import parse_params
+from pipeline.ml.models import build_classifier
+from pipeline.ml.training import (
     compile_classifier,
     encode_labels,
     fit_classifier,
     make_deterministic,
     score,
 )
+from pipeline.stages.train import history_csv
 from tests.conftest import make_prepared, synthetic_images
 
 TINY = {
@@ -63,7 +63,7 @@ def test_history_csv_has_one_row_per_epoch():
 
 def resumable_fit(folder, epochs: int, callbacks: list, every_s: float = 0.0):
     """A tiny FNN fit for `epochs` epochs (no early stopping) with Resumable's callbacks."""
-    from pipeline.training import Resumable
+    from pipeline.ml.training import Resumable
 
     common = {**TINY["common"], "epochs": epochs, "early_stopping_patience": epochs}
     params = parse_params({"seed": 0, "train": {**TINY, "common": common}})
@@ -90,7 +90,7 @@ def four_seconds_an_epoch(monkeypatch):
     """PeriodicBackup's clock, moved on 4 s at each epoch's end (before the backup's check)."""
     import tf_keras as keras
 
-    from pipeline.training import PeriodicBackup
+    from pipeline.ml.training import PeriodicBackup
 
     now = [0.0]
     monkeypatch.setattr(PeriodicBackup, "clock", staticmethod(lambda: now[0]))
@@ -102,7 +102,7 @@ def four_seconds_an_epoch(monkeypatch):
 @pytest.fixture
 def backups(monkeypatch) -> list[int]:
     """The 0-based epochs PeriodicBackup backed up after."""
-    from pipeline.training import PeriodicBackup
+    from pipeline.ml.training import PeriodicBackup
 
     done: list[int] = []
     real = PeriodicBackup._backup
@@ -132,7 +132,7 @@ def test_a_resumed_fit_reruns_the_epochs_logged_after_its_last_backup(
     epoch 3, and the history holds each of the 7 epochs once."""
     import tf_keras as keras
 
-    from pipeline.training import Resumable
+    from pipeline.ml.training import Resumable
 
     class Killed(Exception):
         pass

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 
-from pipeline.params import ValidateParams
-from pipeline.prepared import Prepared, build_manifest
-from pipeline.validate import (
+from pipeline.core.params import ValidateParams
+from pipeline.data.prepared import Prepared, build_manifest
+from pipeline.stages.validate import (
     failures,
     image_table,
     load_suite_json,

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import timing, warm
+from pipeline.core import timing
+from pipeline.runtime import warm
 from tests.conftest import REPO
 
 
@@ -75,7 +76,10 @@ def test_a_stage_through_the_warm_server_fails_exactly_as_it_does_cold(tmp_path:
     assert our_servers() == [server]
 
     stopped = subprocess.run(
-        [sys.executable, "-m", "pipeline.warm", "stop"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "pipeline.runtime.warm", "stop"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert stopped.returncode == 0 and "stopping" in stopped.stdout
     assert gone(int(server["pid"])), "the server did not stop"

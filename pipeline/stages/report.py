@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import MODEL_FILE, MODELS_DIR
-from pipeline.cli import PipelineError, run_stage, stage_parser
-from pipeline.io import read_json, write_text
-from pipeline.params import MODEL_NAMES, Params, flatten, load_params
-from pipeline.prepared import PREPARED_DIR
-from pipeline.provenance import git_state, package_versions
-from pipeline.timing import StageTimer
-from pipeline.validate import RESULTS, failures
+from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core.io import read_json, write_text
+from pipeline.core.layout import MODEL_FILE, MODELS_DIR
+from pipeline.core.params import MODEL_NAMES, Params, flatten, load_params
+from pipeline.core.provenance import git_state, package_versions
+from pipeline.core.timing import StageTimer
+from pipeline.data.prepared import PREPARED_DIR
+from pipeline.stages.validate import RESULTS, failures
 
 REPORT = Path("reports/index.html")
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
@@ -58,7 +58,7 @@ def history(path: Path) -> dict[str, list[float]]:
 
 def learning_curves_png(histories: dict[str, dict[str, list[float]]]) -> str:
     """Validation accuracy and loss per epoch for every family, drawn in memory."""
-    from pipeline.figures import pyplot
+    from pipeline.ml.figures import pyplot
 
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)

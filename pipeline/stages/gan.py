@@ -17,20 +17,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline import tracking
-from pipeline.artifacts import MODEL_FILE, MODELS_DIR, read_lineage
-from pipeline.cli import PipelineError, run_stage, stage_parser
-from pipeline.figures import save_grid_png
-from pipeline.gan_metrics import agreement, balanced_labels, coverage, frechet_distance
-from pipeline.io import atomic_path, write_json
-from pipeline.models import (
-    build_classifier,
-    build_discriminator,
-    build_generator,
-    load_keras,
-    save_keras,
-)
-from pipeline.params import (
+from pipeline.core import tracking
+from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core.io import atomic_path, write_json
+from pipeline.core.layout import MODEL_FILE, MODELS_DIR, read_lineage
+from pipeline.core.params import (
     CNNParams,
     GanParams,
     Params,
@@ -39,17 +30,26 @@ from pipeline.params import (
     flatten,
     load_params,
 )
-from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
-from pipeline.timing import StageTimer
-from pipeline.train import history_csv
-from pipeline.training import (
+from pipeline.core.timing import StageTimer
+from pipeline.data.prepared import PREPARED_DIR, Prepared, load_prepared
+from pipeline.ml.figures import save_grid_png
+from pipeline.ml.gan_metrics import agreement, balanced_labels, coverage, frechet_distance
+from pipeline.ml.models import (
+    build_classifier,
+    build_discriminator,
+    build_generator,
+    load_keras,
+    save_keras,
+)
+from pipeline.ml.training import (
     compile_classifier,
     fit_classifier,
     make_deterministic,
     predict_proba,
     score,
 )
-from pipeline.validate import require_validated
+from pipeline.stages.train import history_csv
+from pipeline.stages.validate import require_validated
 
 GAN_DIR = MODELS_DIR / "gan"
 GENERATOR_FILE = "generator.keras"

@@ -14,8 +14,8 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from pipeline.params import CompressParams, OptimizerParams, TrainCommon
-from pipeline.training import compile_classifier, encode_labels, make_deterministic
+from pipeline.core.params import CompressParams, OptimizerParams, TrainCommon
+from pipeline.ml.training import compile_classifier, encode_labels, make_deterministic
 
 Quantization = Literal["none", "dynamic", "int8"]
 # Layers whose kernels pruning acts on (and whose sparsity is measured).

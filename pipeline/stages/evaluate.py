@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import tracking
-from pipeline.artifacts import MODEL_FILE, MODELS_DIR, read_lineage
-from pipeline.cli import run_stage, stage_parser
-from pipeline.compress import COMPRESSED_DIR
-from pipeline.io import atomic_path, write_json
-from pipeline.params import MODEL_NAMES, EvaluateParams, flatten, load_params
-from pipeline.prepared import PREPARED_DIR, load_prepared
-from pipeline.timing import StageTimer
+from pipeline.core import tracking
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.io import atomic_path, write_json
+from pipeline.core.layout import MODEL_FILE, MODELS_DIR, read_lineage
+from pipeline.core.params import MODEL_NAMES, EvaluateParams, flatten, load_params
+from pipeline.core.timing import StageTimer
+from pipeline.data.prepared import PREPARED_DIR, load_prepared
+from pipeline.stages.compress import COMPRESSED_DIR
 
 REPORTS = Path("reports/evaluate")
 PRUNED_PARENT = "pruned.keras"
@@ -53,7 +53,7 @@ def clean_performance(
     """Accuracy, per-class precision/recall/F1, the confusion matrix and calibration."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from pipeline.robustness import calibration
+    from pipeline.ml.robustness import calibration
 
     predicted = probabilities.argmax(axis=1)
     labels = list(range(num_classes))
@@ -84,7 +84,7 @@ def adversarial_sets(
     model: Any, x: np.ndarray, y: np.ndarray, p: EvaluateParams, seed: int
 ) -> Sets:
     """FGSM and PGD images for every epsilon, crafted against `model`."""
-    from pipeline.robustness import fgsm, pgd
+    from pipeline.ml.robustness import fgsm, pgd
 
     return {
         "fgsm": {e: fgsm(model, x, y, e) for e in p.epsilons},
@@ -93,7 +93,7 @@ def adversarial_sets(
 
 
 def corruption_sets(x: np.ndarray, p: EvaluateParams, seed: int) -> Sets:
-    from pipeline.robustness import gaussian_noise, occlude, rotate, shift
+    from pipeline.ml.robustness import gaussian_noise, occlude, rotate, shift
 
     return {
         "gaussian_noise": {s: gaussian_noise(x, s, seed) for s in p.noise_sigmas},
@@ -122,7 +122,7 @@ def attributions(
     model: Any, x: np.ndarray, classes: np.ndarray, p: EvaluateParams, seed: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every method's H×W map per image for `classes`, and IG's completeness error per image."""
-    from pipeline.explain import (
+    from pipeline.ml.explain import (
         grad_cam,
         grad_cam_layer,
         integrated_gradients,
@@ -154,7 +154,7 @@ def faithfulness(
 ) -> dict[str, Any]:
     """Deletion curves (mean over images) and their areas per method, against the mean of
     `random_orders` random deletion orders. Lower area: the method found the evidence."""
-    from pipeline.explain import deletion_curve
+    from pipeline.ml.explain import deletion_curve
 
     curves, areas = {}, {}
     for method, attribution in maps.items():
@@ -210,7 +210,7 @@ def evaluate_model(
     `variants` maps a name to (predict, float parent, parent's file): the TFLite models have no
     gradients, so they face the adversarial images crafted on their float parent.
     Returns (report, the attribution maps of the grid images)."""
-    from pipeline.training import make_deterministic, predict_proba
+    from pipeline.ml.training import make_deterministic, predict_proba
 
     x, y = test
     make_deterministic(seed)
@@ -264,7 +264,7 @@ def evaluate_model(
 
 def keras_speed(model: Any, x: np.ndarray, p: EvaluateParams) -> dict[str, float]:
     """The Keras model under tf.function: latency and throughput at batch 1 and a large batch."""
-    from pipeline.inference import keras_callers, latency_stats
+    from pipeline.ml.inference import keras_callers, latency_stats
 
     stats = latency_stats(
         keras_callers(model)["keras_tf_function"], x, p.latency_runs, p.throughput_batch
@@ -359,7 +359,7 @@ def plot_tables(report: dict[str, Any], y: np.ndarray, predicted: np.ndarray) ->
 def write_figures(
     folder: Path, name: str, report: dict[str, Any], grid: dict[str, np.ndarray]
 ) -> None:
-    from pipeline.figures import (
+    from pipeline.ml.figures import (
         save_attribution_grid_png,
         save_confusion_png,
         save_curves_png,
@@ -431,9 +431,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         lineage = read_lineage(MODELS_DIR / name)
     started = time.perf_counter()
     with timer.phase("imports"):
-        from pipeline.inference import load_tflite
-        from pipeline.models import load_keras
-        from pipeline.training import predict_proba
+        from pipeline.ml.inference import load_tflite
+        from pipeline.ml.models import load_keras
+        from pipeline.ml.training import predict_proba
 
     # Every model file is checked before any work: a missing or corrupt one is named at once.
     with timer.phase("data"):

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import PipelineError
-from pipeline.datasets import NPZ_ERRORS, SPLITS, describe, read_npz
-from pipeline.io import atomic_path, hash_arrays, read_json, write_json
+from pipeline.core.cli import PipelineError
+from pipeline.core.io import atomic_path, hash_arrays, read_json, write_json
+from pipeline.data.sources import NPZ_ERRORS, SPLITS, describe, read_npz
 
 PREPARED_DIR = Path("data/prepared")
 MANIFEST = "manifest.json"

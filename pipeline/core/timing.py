@@ -100,7 +100,7 @@ class StageTimer:
 
     def finish(self, log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
         """Write reports/timing/<stage>.json; `log` sends the same figures to MLflow."""
-        from pipeline.io import write_json  # numpy: not paid before the first line is marked
+        from pipeline.core.io import write_json  # numpy: not paid before the first line is marked
 
         figures = self.figures()
         if log is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cli import PipelineError
+from pipeline.core.cli import PipelineError
 
 
 @contextlib.contextmanager

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.cli import run_stage, stage_parser
-from pipeline.datasets import load_source, scale_pixels, stratified_split
-from pipeline.params import DataParams, load_params
-from pipeline.prepared import PREPARED_DIR, Prepared, build_manifest, write_prepared
-from pipeline.timing import StageTimer
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.params import DataParams, load_params
+from pipeline.core.timing import StageTimer
+from pipeline.data.prepared import PREPARED_DIR, Prepared, build_manifest, write_prepared
+from pipeline.data.sources import load_source, scale_pixels, stratified_split
 
 
 def prepare(data: DataParams, seed: int) -> Prepared:

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import tracking
-from pipeline.artifacts import MODEL_FILE, MODELS_DIR, read_lineage
-from pipeline.cli import run_stage, stage_parser
-from pipeline.figures import save_tradeoff_png
-from pipeline.io import atomic_path, write_json, write_text
-from pipeline.params import MODEL_NAMES, Params, flatten, load_params
-from pipeline.prepared import PREPARED_DIR, load_prepared
-from pipeline.timing import StageTimer
+from pipeline.core import tracking
+from pipeline.core.cli import run_stage, stage_parser
+from pipeline.core.io import atomic_path, write_json, write_text
+from pipeline.core.layout import MODEL_FILE, MODELS_DIR, read_lineage
+from pipeline.core.params import MODEL_NAMES, Params, flatten, load_params
+from pipeline.core.timing import StageTimer
+from pipeline.data.prepared import PREPARED_DIR, load_prepared
+from pipeline.ml.figures import save_tradeoff_png
 
 COMPRESSED_DIR = MODELS_DIR / "compressed"
 REPORTS = Path("reports/compress")
@@ -45,8 +45,14 @@ def measure(
     batch: int,
 ) -> dict[str, Any]:
     """Accuracy, sparsity, size and speed of the float Keras model and of each variant."""
-    from pipeline.compression import weight_sparsity
-    from pipeline.inference import TFLiteModel, keras_callers, latency_stats, sizes, tensor_dtypes
+    from pipeline.ml.compression import weight_sparsity
+    from pipeline.ml.inference import (
+        TFLiteModel,
+        keras_callers,
+        latency_stats,
+        sizes,
+        tensor_dtypes,
+    )
 
     x, y = test
     keras_bytes = keras_file.read_bytes()
@@ -239,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         keras_file = MODELS_DIR / name / MODEL_FILE
         lineage = read_lineage(MODELS_DIR / name)
     with timer.phase("imports"):
-        from pipeline.compression import make_variants
-        from pipeline.models import build_classifier, load_keras, save_keras
+        from pipeline.ml.compression import make_variants
+        from pipeline.ml.models import build_classifier, load_keras, save_keras
     with timer.phase("data"):
         model = load_keras(keras_file)
     p, common = params.compress, params.train.common

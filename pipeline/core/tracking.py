@@ -23,8 +23,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import PipelineError
-from pipeline.provenance import dvc_inputs, git_state, package_versions
+from pipeline.core.cli import PipelineError
+from pipeline.core.provenance import dvc_inputs, git_state, package_versions
 
 _CREDENTIALS = re.compile(r"//[^/@\s]+@")  # user[:password]@ inside any URL
 _BATCH = 100  # MLflow's log_batch accepts at most 100 params/tags and 1,000 metrics per call

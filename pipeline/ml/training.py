@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.models import build_optimizer
-from pipeline.params import AdversarialParams, OptimizerParams, TrainCommon
-from pipeline.robustness import linf_attack
+from pipeline.core.params import AdversarialParams, OptimizerParams, TrainCommon
+from pipeline.ml.models import build_optimizer
+from pipeline.ml.robustness import linf_attack
 
 
 def make_deterministic(seed: int) -> None:

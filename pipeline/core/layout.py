@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import PipelineError
-from pipeline.io import read_json
+from pipeline.core.cli import PipelineError
+from pipeline.core.io import read_json
 
 MODELS_DIR = Path("models")
 MODEL_FILE = "model.keras"

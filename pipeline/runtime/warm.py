@@ -16,7 +16,7 @@ server. It imports libraries but runs no TensorFlow op, so no runtime, thread po
 set up before a fork. It exits after PIPELINE_WARM_IDLE seconds (default 120) without work;
 PIPELINE_WARM=0 runs each stage in its own cold process.
 
-    python -m pipeline.warm status | stop
+    python -m pipeline.runtime.warm status | stop
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import timing
+from pipeline.core import timing
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WARM_STAGES = ("train", "gan", "compress", "evaluate")  # the stages that import TensorFlow
@@ -55,21 +55,21 @@ CORE = (
     "mlflow.tensorflow",
     "mlflow.store.tracking.sqlalchemy_store",
     "dvc.repo",
-    "pipeline.train",
-    "pipeline.models",
-    "pipeline.training",
-    "pipeline.distribute",
+    "pipeline.stages.train",
+    "pipeline.ml.models",
+    "pipeline.ml.training",
+    "pipeline.ml.distribute",
 )
 # What the other stages need, imported one at a time while the server waits for calls.
 LATER = (
     "mlflow.pyfunc",
     "tensorflow_model_optimization",
     "matplotlib.pyplot",
-    *(f"pipeline.{stage}" for stage in WARM_STAGES),
-    "pipeline.compression",
-    "pipeline.robustness",
-    "pipeline.explain",
-    "pipeline.inference",
+    *(f"pipeline.stages.{stage}" for stage in WARM_STAGES),
+    "pipeline.ml.compression",
+    "pipeline.ml.robustness",
+    "pipeline.ml.explain",
+    "pipeline.ml.inference",
 )
 # Environment variables that libraries read when they are imported, or the interpreter at start.
 _IMPORT_TIME_ENV = ("TF_", "CUDA", "XLA_", "PYTHON", "OMP_", "KMP_", "MKL", "OPENBLAS", "LD_")
@@ -199,7 +199,7 @@ def _connect(address: Path) -> socket.socket | None:
 def _spawn(address: Path, log: Path) -> subprocess.Popen:
     with log.open("ab") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipeline.warm", "serve", str(address)],
+            [sys.executable, "-m", "pipeline.runtime.warm", "serve", str(address)],
             cwd=PACKAGE_DIR.parent,
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -421,7 +421,7 @@ def adopt(request: dict[str, Any]) -> None:
         with contextlib.suppress(ValueError, OSError):  # a limit above the server's own
             resource.setrlimit(getattr(resource, name), (soft, hard))
     timing.restart(request["first_line"], request["startup"])
-    sys.argv = [f"-m pipeline.{request['stage']}", *request["argv"]]
+    sys.argv = [f"-m pipeline.stages.{request['stage']}", *request["argv"]]
 
 
 def _die_with_caller(connection: socket.socket) -> None:
@@ -434,9 +434,9 @@ def _die_with_caller(connection: socket.socket) -> None:
 
 def run_here(stage: str) -> int:
     """Run a stage's main() in this process, as `python -m pipeline.<stage>` does."""
-    from pipeline.cli import run_stage
+    from pipeline.core.cli import run_stage
 
-    module = importlib.import_module(f"pipeline.{stage}")
+    module = importlib.import_module(f"pipeline.stages.{stage}")
     try:
         run_stage(stage, module.main)
     except SystemExit as done:
@@ -483,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args == ["stop"]:
         print(f"stopping {len(stop())} warm server(s)")
     else:
-        raise SystemExit("usage: python -m pipeline.warm status | stop")
+        raise SystemExit("usage: python -m pipeline.runtime.warm status | stop")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """generate: images of one class from the trained GAN generator, as an NPZ the ingest stage
 reads (`data.source: npz`) and a PNG grid beside it.
 
-    python -m pipeline.generate --label 3 --count 64 --out data/generated/threes.npz
+    python -m pipeline.tools.generate --label 3 --count 64 --out data/generated/threes.npz
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import PipelineError, run_stage, stage_parser
-from pipeline.datasets import npz_bytes
-from pipeline.figures import save_grid_png
-from pipeline.io import atomic_path
+from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core.io import atomic_path
+from pipeline.data.sources import npz_bytes
+from pipeline.ml.figures import save_grid_png
 
 GENERATOR = Path("models/gan/generator.keras")
 
@@ -32,8 +32,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out.suffix != ".npz":
         raise PipelineError(f"--out must name an .npz file (got {args.out})")
 
-    from pipeline.gan import generate  # TensorFlow only once the arguments are sane
-    from pipeline.models import load_keras
+    from pipeline.ml.models import load_keras
+    from pipeline.stages.gan import generate  # TensorFlow only once the arguments are sane
 
     generator = load_keras(args.generator)
     try:

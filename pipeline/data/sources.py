@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from pipeline.cli import PipelineError
+from pipeline.core.cli import PipelineError
 
 SPLITS = ("train", "val", "test")
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.cli import PipelineError, run_stage, stage_parser
-from pipeline.datasets import SPLITS
-from pipeline.io import atomic_path, read_json, write_json, write_text
-from pipeline.params import ValidateParams, load_params
-from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
-from pipeline.timing import StageTimer
+from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core.io import atomic_path, read_json, write_json, write_text
+from pipeline.core.params import ValidateParams, load_params
+from pipeline.core.timing import StageTimer
+from pipeline.data.prepared import PREPARED_DIR, Prepared, load_prepared
+from pipeline.data.sources import SPLITS
 
 SUITE_PATH = Path("expectations/prepared_images.json")
 VALIDATION_DIR = Path("reports/validation")

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.artifacts import MODELS_DIR, read_lineage
-from pipeline.cli import PipelineError, run_stage, stage_parser
-from pipeline.io import read_json, write_json
-from pipeline.params import PromoteParams, flatten, load_params
-from pipeline.prepared import MANIFEST, PREPARED_DIR
-from pipeline.validate import REJECTED_DIR, RESULTS
+from pipeline.core import tracking
+from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core.io import read_json, write_json
+from pipeline.core.layout import MODELS_DIR, read_lineage
+from pipeline.core.params import PromoteParams, flatten, load_params
+from pipeline.data.prepared import MANIFEST, PREPARED_DIR
+from pipeline.stages.validate import REJECTED_DIR, RESULTS
 
 REPORT = Path("reports/promotion.json")
 CHAMPION, CHALLENGER = "champion", "challenger"

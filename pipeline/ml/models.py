@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import tf_keras as keras
 
-from pipeline.cli import PipelineError
-from pipeline.params import (
+from pipeline.core.cli import PipelineError
+from pipeline.core.params import (
     CNNParams,
     FNNParams,
     GanParams,

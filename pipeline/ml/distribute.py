@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from pipeline.cli import PipelineError
+from pipeline.core.cli import PipelineError
 
 
 def cluster_task(kind: str) -> tuple[str, int, int]:

@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import tracking
-from pipeline.artifacts import LINEAGE_FILE, MODEL_FILE, MODELS_DIR
-from pipeline.cli import PipelineError, run_stage, stage_parser
-from pipeline.datasets import SPLITS
-from pipeline.distribute import cluster_task, is_chief
-from pipeline.io import atomic_path, write_json
-from pipeline.params import MODEL_NAMES, Params, flatten, load_params
-from pipeline.prepared import PREPARED_DIR, Prepared, load_prepared
-from pipeline.timing import StageTimer
-from pipeline.validate import require_validated
+from pipeline.core import tracking
+from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core.io import atomic_path, write_json
+from pipeline.core.layout import LINEAGE_FILE, MODEL_FILE, MODELS_DIR
+from pipeline.core.params import MODEL_NAMES, Params, flatten, load_params
+from pipeline.core.timing import StageTimer
+from pipeline.data.prepared import PREPARED_DIR, Prepared, load_prepared
+from pipeline.data.sources import SPLITS
+from pipeline.ml.distribute import cluster_task, is_chief
+from pipeline.stages.validate import require_validated
 
 TRAIN_REPORTS = Path("reports/train")
 CHECKPOINTS = Path(".checkpoints")  # interrupted trainings, kept until a rerun completes them
@@ -91,9 +91,9 @@ def train_classifier(
     float32 copy outside any strategy, whatever the training's precision and devices."""
     # TensorFlow is imported here, after params and data have been checked: bad input fails
     # in well under a second instead of after TensorFlow's ~4 s import.
-    from pipeline.distribute import make_strategy
-    from pipeline.models import build_classifier
-    from pipeline.training import (
+    from pipeline.ml.distribute import make_strategy
+    from pipeline.ml.models import build_classifier
+    from pipeline.ml.training import (
         Resumable,
         compile_classifier,
         fit_classifier,
@@ -149,7 +149,7 @@ def train_classifier(
 def save_model_dir(folder: Path, model: Any, history: dict, lineage: dict) -> None:
     """models/<name>/ written in a temporary folder and renamed: never half-written. `model` is
     train_classifier's uncompiled copy: the deployable weights, without the optimizer's state."""
-    from pipeline.models import save_keras
+    from pipeline.ml.models import save_keras
 
     with atomic_path(folder) as tmp:
         tmp.mkdir()
@@ -172,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     distribute = params.train.common.distribute
     chief = is_chief(distribute)  # a malformed TF_CONFIG stops here, before TensorFlow loads
     with timer.phase("imports"):  # TensorFlow, only once params and data have been checked
-        import pipeline.models  # noqa: F401
-        from pipeline.training import Resumable
+        import pipeline.ml.models  # noqa: F401
+        from pipeline.ml.training import Resumable
     if not chief:  # a multi-worker cluster's other worker: it trains; the chief records
         task_type, index, size = cluster_task(distribute)
         train_classifier(name, params, prepared, checkpoint_dir(name, params, prepared), False)

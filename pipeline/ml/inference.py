@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
-from pipeline.cli import PipelineError
+from pipeline.core.cli import PipelineError
 
 
 class TFLiteModel:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.core.io import atomic_path
 
 
 def image_grid(images: np.ndarray, scale: int = 4, pad: int = 1) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.cli import PipelineError
+from pipeline.core.cli import PipelineError
 
 MODEL_NAMES = ("fnn", "cnn", "lstm")
 ModelName = Literal["fnn", "cnn", "lstm"]
@@ -241,7 +241,7 @@ class TrackingParams(Strict):
     # MLflow experiment; empty means "named after the dataset" (data.source).
     experiment: str | None = None
     # A grid search's name, set per sweep (`dvc exp run --queue -S mlflow.sweep=NAME ...`):
-    # every lineage run of it is tagged `sweep`; `python -m pipeline.sweep NAME` picks the best.
+    # every lineage run of it is tagged `sweep`; `python -m pipeline sweep NAME` picks the best.
     sweep: str | None = Field(None, min_length=1, max_length=250)
 
     @property
