@@ -51,7 +51,7 @@ retrain: setup
 	@if [ -n "$$(dvc remote list)" ]; then dvc pull --allow-missing; \
 		else echo "retrain: no DVC remote configured: nothing to pull"; fi
 	dvc repro
-	python -m pipeline.tools.promote
+	python -m pipeline promote
 	@if [ -n "$$(dvc remote list)" ]; then dvc push; \
 		else echo "retrain: no DVC remote configured: nothing to push"; fi
 

@@ -14,12 +14,13 @@ import json
 import numpy as np
 
 from pipeline.core.io import write_json
-from pipeline.core.layout import MODEL_FILE, MODELS_DIR
+from pipeline.core.layout import COMPRESS_REPORTS as REPORTS
+from pipeline.core.layout import COMPRESSED_DIR, MODEL_FILE, MODELS_DIR
 from pipeline.core.params import load_params
 from pipeline.data.prepared import load_prepared
+from pipeline.ml.artifacts import load_keras
+from pipeline.ml.compression_report import target_checks
 from pipeline.ml.inference import TFLiteModel, keras_callers, latency_stats
-from pipeline.ml.models import load_keras
-from pipeline.stages.compress import COMPRESSED_DIR, REPORTS, target_checks
 from tests.conftest import REPO
 
 OUTPUT = REPO / "reports/benchmarks/compress.json"
@@ -36,12 +37,13 @@ def main() -> None:
         keras_fn = latency_stats(keras_callers(model)["keras_tf_function"], x, RUNS, 64)
         tflite = latency_stats(int8.invoke, x, RUNS, 64)
         ratio = keras_fn["latency_ms_median"] / tflite["latency_ms_median"]
-        checks = target_checks(report, load_params().compress.target_sparsity)
+        params = load_params()
+        checks = target_checks(report, params.compress.target_sparsity, params.targets.compress)
         checks["latency_ratio_tf_function_to_int8"] = {
             "variant": "int8",
             "value": ratio,
-            "bound": 10.0,
-            "met": ratio >= 10.0,
+            "bound": params.targets.compress.min_latency_ratio,
+            "met": ratio >= params.targets.compress.min_latency_ratio,
         }
         results[name] = {"keras_tf_function": keras_fn, "int8_tflite": tflite, "targets": checks}
         rows += [(name, check, c["value"], c["bound"], c["met"]) for check, c in checks.items()]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.core.params import CompressParams, TrainCommon, parse_params
+from pipeline.core.params import CompressParams, CompressTargets, TrainCommon, parse_params
 from pipeline.ml.compression import make_variants, prune, to_tflite, weight_sparsity
+from pipeline.ml.compression_report import markdown_table, measure, target_checks
 from pipeline.ml.inference import TFLiteModel, tensor_dtypes
 from pipeline.ml.models import build_classifier
 from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic
-from pipeline.stages.compress import markdown_table, measure, target_checks
 
 COMMON = TrainCommon(epochs=3, batch_size=64, early_stopping_patience=3)
 
@@ -91,7 +91,7 @@ def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_pat
         == variants_report["float32"]["source_keras_accuracy"]
     )
     assert abs(variants_report["int8"]["accuracy"] - variants_report["float32"]["accuracy"]) < 0.1
-    report["targets"] = target_checks(report, p.target_sparsity)
+    report["targets"] = target_checks(report, p.target_sparsity, CompressTargets())
     assert "qat_int8_loss_points_vs_float_tflite" not in report["targets"]
     assert "unsupported: " in markdown_table("lstm", report)
 
@@ -145,7 +145,7 @@ def test_target_checks_flag_what_is_not_met():
             "qat_int8": {"supported": False, "reason": "x"},
         },
     }
-    checks = target_checks(report, 0.8)
+    checks = target_checks(report, 0.8, CompressTargets())
     assert {k: c["met"] for k, c in checks.items()} == {
         "pruning_loss_points": True,  # 0.5 points
         "int8_loss_points_vs_float_tflite": False,  # 1.0 point > 0.5

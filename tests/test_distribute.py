@@ -64,9 +64,9 @@ def tf_config(workers: list[str], index: int) -> str:
 def test_mixed_precision_computes_in_float16_and_saves_float32():
     import tf_keras as keras
 
+    from pipeline.ml.classifier import train_classifier
     from pipeline.ml.models import build_classifier
     from pipeline.ml.training import precision
-    from pipeline.stages.train import train_classifier
 
     params = parse_params(
         {
@@ -85,9 +85,9 @@ def test_mixed_precision_computes_in_float16_and_saves_float32():
 
     x, y = synthetic_images(n_per_class=20)
     prepared = make_prepared((x / 255.0).astype(np.float32)[..., None], y)
-    model, _, metrics = train_classifier("fnn", params, prepared)
+    model, _, metrics = train_classifier("fnn", params, prepared.splits, 10)
     assert {layer.compute_dtype for layer in model.layers[1:]} == {"float32"}
-    assert metrics["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert metrics.test_accuracy > 0.5  # 10 classes: chance is 0.1
 
 
 # Two logical CPU devices must be set up before TensorFlow starts: a process of its own.
@@ -101,7 +101,7 @@ MIRRORED = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from pipeline.data.sources import load_digits, scale_pixels
     from pipeline.core.params import parse_params
-    from pipeline.stages.train import train_classifier
+    from pipeline.ml.classifier import train_classifier
     from tests.conftest import make_prepared
 
     raw = load_digits()
@@ -110,7 +110,7 @@ MIRRORED = textwrap.dedent(
     for kind in ("none", "mirrored"):
         common = {"epochs": 60, "batch_size": 32, "early_stopping_patience": 8, "distribute": kind}
         params = parse_params({"train": {"common": common, "fnn": {"hidden_units": [64]}}})
-        results[kind] = train_classifier("fnn", params, prepared)[2]
+        results[kind] = train_classifier("fnn", params, prepared.splits, 10)[2].model_dump()
     print("RESULTS", json.dumps(results))
     """
 )

@@ -12,19 +12,18 @@ import tensorflow as tf
 
 from pipeline.core.params import EvaluateParams, TrainCommon, parse_params
 from pipeline.ml.compression import to_tflite
+from pipeline.ml.evaluation import (
+    evaluate_model,
+    explained_indices,
+    headline_metrics,
+    keras_speed,
+)
+from pipeline.ml.evaluation_figures import plot_tables, write_figures
 from pipeline.ml.explain import grad_cam_layer
 from pipeline.ml.inference import TFLiteModel
 from pipeline.ml.models import build_classifier
 from pipeline.ml.robustness import fgsm, pgd
 from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic, trainer_for
-from pipeline.stages.evaluate import (
-    evaluate_model,
-    explained_indices,
-    headline_metrics,
-    keras_speed,
-    plot_tables,
-    write_figures,
-)
 from tests.test_stages_cli import stage, write_params
 
 COMMON = TrainCommon(epochs=4, batch_size=64, early_stopping_patience=4)

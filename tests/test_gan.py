@@ -3,6 +3,7 @@ import pytest
 
 from pipeline.core.cli import PipelineError
 from pipeline.core.params import GanParams
+from pipeline.ml.gan import generate, train_gan
 from pipeline.ml.gan_metrics import (
     agreement,
     balanced_labels,
@@ -11,7 +12,6 @@ from pipeline.ml.gan_metrics import (
     frechet_distance_from_stats,
 )
 from pipeline.ml.models import build_discriminator, build_generator
-from pipeline.stages.gan import generate, train_gan
 from tests.conftest import make_prepared, synthetic_images
 
 
@@ -97,8 +97,8 @@ def test_same_seed_same_losses_and_samples(tmp_path):
         sample_every=2,
         discriminator_steps=2,
     )
-    gen_a, losses_a = train_gan(p, prepared, 5, tmp_path / "a")
-    gen_b, losses_b = train_gan(p, prepared, 5, tmp_path / "b")
+    gen_a, losses_a = train_gan(p, prepared["train"], 10, 5, tmp_path / "a")
+    gen_b, losses_b = train_gan(p, prepared["train"], 10, 5, tmp_path / "b")
     assert losses_a == losses_b
     assert set(losses_a) == {"d_loss", "g_loss", "d_real", "d_fake"}
     assert len(losses_a["d_loss"]) == 3
@@ -108,5 +108,5 @@ def test_same_seed_same_losses_and_samples(tmp_path):
         "epoch_0002.png",
         "epoch_0003.png",
     ]
-    _, losses_c = train_gan(p, prepared, 6, tmp_path / "c")
+    _, losses_c = train_gan(p, prepared["train"], 10, 6, tmp_path / "c")
     assert losses_c != losses_a

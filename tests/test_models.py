@@ -91,7 +91,7 @@ def test_optimizers_from_params(params, kind):
 
 def test_load_keras_round_trip_and_one_line_errors(tmp_path):
     from pipeline.core.cli import PipelineError
-    from pipeline.ml.models import load_keras
+    from pipeline.ml.artifacts import load_keras
 
     model = build_classifier("fnn", train_params(fnn={"hidden_units": [4]}), (8, 8, 1), 10)
     model.save(tmp_path / "model.keras")
@@ -110,7 +110,7 @@ def test_saved_keras_files_are_byte_identical_for_the_same_weights(tmp_path):
     the same bytes (and the same gzip size in the compress report)."""
     import time
 
-    from pipeline.ml.models import load_keras, save_keras
+    from pipeline.ml.artifacts import load_keras, save_keras
 
     params = parse_params({"train": {"fnn": {"hidden_units": [8]}}})
     model = build_classifier("fnn", params.train, (8, 8, 1), 10)
@@ -128,7 +128,7 @@ def test_the_same_lstm_built_twice_saves_to_the_same_bytes(tmp_path):
     of one model (as two processes, or two warm-server children, build it) saved differently."""
     import zipfile
 
-    from pipeline.ml.models import load_keras, save_keras
+    from pipeline.ml.artifacts import load_keras, save_keras
 
     params = parse_params({"train": {"lstm": {"units": [8], "dense_units": []}}})
     first = build_classifier("lstm", params.train, (8, 8, 1), 10)

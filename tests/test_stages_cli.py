@@ -12,9 +12,8 @@ import yaml
 
 from pipeline.core.cli import PipelineError
 from pipeline.core.params import DataParams
-from pipeline.data.prepared import load_prepared, write_prepared
+from pipeline.data.prepared import load_prepared, prepare, write_prepared
 from pipeline.data.sources import load_digits
-from pipeline.stages.ingest import prepare
 from tests.conftest import REPO
 
 

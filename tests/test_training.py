@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from pipeline.core.io import history_csv
 from pipeline.core.params import parse_params
 from pipeline.ml.models import build_classifier
 from pipeline.ml.training import (
@@ -10,7 +11,6 @@ from pipeline.ml.training import (
     make_deterministic,
     score,
 )
-from pipeline.stages.train import history_csv
 from tests.conftest import make_prepared, synthetic_images
 
 TINY = {

@@ -6,13 +6,8 @@ import numpy as np
 
 from pipeline.core.params import ValidateParams
 from pipeline.data.prepared import Prepared, build_manifest
-from pipeline.stages.validate import (
-    failures,
-    image_table,
-    load_suite_json,
-    summary_html,
-    validate,
-)
+from pipeline.data.validation import image_table, load_suite_json, summary_html, validate
+from pipeline.data.validation_results import failures
 from tests.conftest import REPO
 
 

@@ -57,6 +57,6 @@ def test_make_retrain_pulls_reproduces_promotes_and_pushes():
     assert dry.returncode == 0, dry.stderr
     order = [
         dry.stdout.index(step)
-        for step in ("dvc pull", "dvc repro", "python -m pipeline.tools.promote", "dvc push")
+        for step in ("dvc pull", "dvc repro", "python -m pipeline promote", "dvc push")
     ]
     assert order == sorted(order)

@@ -15,6 +15,14 @@ class PipelineError(Exception):
     """An expected failure (bad input, bad params, failed validation): shown as one line."""
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """`<Type>: <first non-blank line of the message>`, at most `limit` characters: how an
+    error from a library is named inside a one-line message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text[:limit]
+
+
 def debug_enabled(argv: Sequence[str] | None = None) -> bool:
     argv = sys.argv[1:] if argv is None else argv
     return "--debug" in argv or os.environ.get("PIPELINE_DEBUG", "") not in ("", "0")
@@ -29,13 +37,24 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog=f"python -m pipeline.{stage}", description=description)
+def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser:
+    """The arguments every stage and tool takes; `prog` is the command DVC and the README run."""
+    parser = _OneLineParser(prog=f"python -m pipeline {stage}", description=description)
     parser.add_argument(
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     return parser
+
+
+def stage_args(
+    stage: str, description: str | None, argv: Sequence[str] | None, models: Sequence[str] = ()
+) -> argparse.Namespace:
+    """A stage's parsed arguments: --params and --debug, and --model for a family's stage."""
+    parser = stage_parser(stage, description)
+    if models:
+        parser.add_argument("--model", required=True, choices=models)
+    return parser.parse_args(argv)
 
 
 def run_stage(stage: str, main: Callable[[Sequence[str] | None], None]) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,25 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV file's text: the header, then one line per row (cells as given, `\n` endings)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def history_csv(history: dict[str, list[float]]) -> str:
+    """A Keras history (or any per-epoch series) as CSV: `epoch`, then the series by name."""
+    keys = sorted(history)
+    rows = zip(*(history[k] for k in keys), strict=True)
+    return csv_text(
+        ["epoch", *keys],
+        ([epoch, *(f"{v:.6g}" for v in values)] for epoch, values in enumerate(rows, start=1)),
+    )
 
 
 def read_json(path: Path) -> Any:

@@ -1,26 +1,129 @@
-"""The layout of a trained model's folder, models/<name>/, shared by the stages that read it."""
+"""Every path the pipeline reads or writes, relative to the project root: the one place that
+names the files `dvc.yaml` declares (a test checks each of its outs, metrics and plots against
+this module). Paths only: this module imports nothing, so every other one may use it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pipeline.core.cli import PipelineError
-from pipeline.core.io import read_json
+MODEL_NAMES = ("fnn", "cnn", "lstm")  # the classifier families, one DVC stage each
 
+# ingest -> data/prepared/
+PREPARED_DIR = Path("data/prepared")
+MANIFEST = "manifest.json"
+SPLIT_FILE = "{split}.npz"
+
+# validate -> reports/validation/
+SUITE = Path("expectations/prepared_images.json")
+VALIDATION_DIR = Path("reports/validation")
+VALIDATION_RESULTS = VALIDATION_DIR / "results.json"
+VALIDATION_SUMMARY = VALIDATION_DIR / "summary.html"
+DATA_DOCS = VALIDATION_DIR / "data_docs"
+REJECTED_DIR = VALIDATION_DIR / "rejected"  # the latest failing results; not a DVC output
+
+# train -> models/<name>/, reports/train/<name>.json
 MODELS_DIR = Path("models")
 MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
 LINEAGE_FILE = "lineage.json"  # the model's MLflow lineage run id, written by its train stage
+TRAIN_REPORTS = Path("reports/train")
+CHECKPOINTS = Path(".checkpoints")  # interrupted trainings, kept until a rerun completes them
+
+# gan -> models/gan/, reports/gan/metrics.json
+GAN_DIR = MODELS_DIR / "gan"
+GENERATOR_FILE = "generator.keras"
+LOSSES_FILE = "losses.csv"
+SAMPLES_DIR = "samples"
+GAN_METRICS = Path("reports/gan/metrics.json")
+JUDGE = "cnn"  # the train stage's classifier that judges the generated images
+
+# compress -> models/compressed/<name>/, reports/compress/
+COMPRESSED_DIR = MODELS_DIR / "compressed"
+PRUNED_FILE = "pruned.keras"  # the pruned float parent of the pruned TFLite variants
+COMPRESS_REPORTS = Path("reports/compress")
+
+# evaluate -> reports/evaluate/<name>.json, <name>_speed.json, <name>/
+EVALUATE_REPORTS = Path("reports/evaluate")
+# The CSV files behind `dvc plots`, inside reports/evaluate/<name>/.
+PLOT_TABLES = ("confusion.csv", "adversarial.csv", "reliability.csv", "deletion.csv")
+
+# report, promote, and the time split every stage writes
+REPORT_PAGE = Path("reports/index.html")
+REPORT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "report.html.j2"
+PROMOTION = Path("reports/promotion.json")
+TIMING_DIR = Path("reports/timing")
 
 
-def read_lineage(folder: Path) -> dict[str, Any]:
-    """`<model folder>/lineage.json`: the model's MLflow run id, written by the train stage."""
-    path = Path(folder) / LINEAGE_FILE
-    try:
-        lineage = read_json(path)
-        run_id = str(lineage["run_id"])
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; run the stage that trains this model") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path}: not a lineage record (needs a run_id)") from None
-    return {**lineage, "run_id": run_id}
+def model_dir(name: str) -> Path:
+    return MODELS_DIR / name
+
+
+def model_file(name: str) -> Path:
+    return MODELS_DIR / name / MODEL_FILE
+
+
+def history_file(name: str) -> Path:
+    return MODELS_DIR / name / HISTORY_FILE
+
+
+def train_metrics(name: str) -> Path:
+    return TRAIN_REPORTS / f"{name}.json"
+
+
+def compressed_dir(name: str) -> Path:
+    return COMPRESSED_DIR / name
+
+
+def compress_report(name: str, suffix: str = ".json") -> Path:
+    """reports/compress/<name><suffix>: `.json`, `.md`, `_tradeoff.png`, `_tradeoff.csv`."""
+    return COMPRESS_REPORTS / f"{name}{suffix}"
+
+
+def evaluate_report(name: str) -> Path:
+    return EVALUATE_REPORTS / f"{name}.json"
+
+
+def evaluate_speed(name: str) -> Path:
+    return EVALUATE_REPORTS / f"{name}_speed.json"
+
+
+def evaluate_dir(name: str) -> Path:
+    return EVALUATE_REPORTS / name
+
+
+def timing_file(stage: str) -> Path:
+    """reports/timing/<stage>.json, `train@cnn` as `train_cnn`."""
+    return TIMING_DIR / f"{stage.replace('@', '_')}.json"
+
+
+def stage_outputs(stage: str, name: str | None = None) -> list[Path]:
+    """What a stage (`name`: the family of a foreach stage) declares as outputs in dvc.yaml:
+    outs, metrics and plots together."""
+    outputs: dict[str, list[Path]] = {
+        "ingest": [PREPARED_DIR],
+        "validate": [VALIDATION_RESULTS, VALIDATION_SUMMARY, DATA_DOCS],
+        "gan": [GAN_DIR, GAN_METRICS],
+        "report": [REPORT_PAGE],
+    }
+    if name is not None:
+        outputs |= {
+            "train": [model_dir(name), train_metrics(name)],
+            "compress": [
+                compressed_dir(name),
+                *(compress_report(name, s) for s in (".json", ".md", "_tradeoff.png")),
+                compress_report(name, "_tradeoff.csv"),
+            ],
+            "evaluate": [evaluate_dir(name), evaluate_report(name), evaluate_speed(name)],
+        }
+    timing = timing_file(f"{stage}@{name}" if name else stage)
+    return [*outputs[stage], timing]
+
+
+def plot_sources() -> list[Path]:
+    """The files dvc.yaml's top-level plots draw from."""
+    return [
+        GAN_DIR / LOSSES_FILE,
+        *(history_file(name) for name in MODEL_NAMES),
+        *(evaluate_dir(name) / table for table in PLOT_TABLES for name in MODEL_NAMES),
+    ]

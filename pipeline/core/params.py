@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.core.cli import PipelineError
+from pipeline.core import layout
+from pipeline.core.cli import PipelineError, first_line
 
-MODEL_NAMES = ("fnn", "cnn", "lstm")
+MODEL_NAMES = layout.MODEL_NAMES  # the families, named once (pipeline.core.layout)
 ModelName = Literal["fnn", "cnn", "lstm"]
+if get_args(ModelName) != MODEL_NAMES:
+    raise ImportError(f"ModelName {get_args(ModelName)} differs from MODEL_NAMES {MODEL_NAMES}")
 Activation = Literal["relu", "tanh", "sigmoid", "gelu", "elu", "selu", "swish"]
 Initializer = Literal["he_normal", "he_uniform", "glorot_uniform", "glorot_normal", "lecun_normal"]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -237,6 +240,28 @@ class PromoteParams(Strict):
     tolerance: float = Field(0.005, ge=0, le=1)  # allowed drop below the champion
 
 
+class CompressTargets(Strict):
+    """What compression must achieve, checked on every model and reported, never loosened."""
+
+    max_pruning_loss_points: float = Field(1.0, ge=0, le=100)  # Keras float -> pruned
+    max_int8_loss_points: float = Field(0.5, ge=0, le=100)  # float TFLite -> each int8 variant
+    min_gzip_ratio: float = Field(8.0, gt=0)  # gzipped Keras file / gzipped pruned int8 file
+    min_latency_ratio: float = Field(10.0, gt=0)  # Keras under tf.function / int8 TFLite
+
+
+class EvaluateTargets(Strict):
+    # Integrated Gradients' completeness: the largest relative error over the explained images.
+    max_ig_completeness_error: float = Field(0.05, gt=0, le=1)
+
+
+class TargetParams(Strict):
+    """Acceptance targets of the compress and evaluate stages (promote's thresholds are its
+    own section): each is reported as a check {value, bound, met}."""
+
+    compress: CompressTargets = CompressTargets()
+    evaluate: EvaluateTargets = EvaluateTargets()
+
+
 class TrackingParams(Strict):
     # MLflow experiment; empty means "named after the dataset" (data.source).
     experiment: str | None = None
@@ -258,6 +283,7 @@ class Params(Strict):
     compress: CompressParams = CompressParams()
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
+    targets: TargetParams = TargetParams()
     mlflow: TrackingParams = TrackingParams()
 
     @property
@@ -291,7 +317,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except RecursionError:
         raise PipelineError(f"{path}: invalid YAML (nested too deeply)") from None
     except ValueError as error:  # a scalar PyYAML cannot convert: 2024-13-01, a 5000-digit int
-        raise PipelineError(f"{path}: invalid YAML value ({_first_line(error)})") from None
+        raise PipelineError(f"{path}: invalid YAML value ({first_line(error)})") from None
     return parse_params(raw, str(path))
 
 
@@ -319,11 +345,6 @@ def _show_key(part: str | int) -> str:
     """A key as written, or quoted if it holds line breaks or other control characters."""
     text = str(part)
     return text if text.isprintable() else repr(text)
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

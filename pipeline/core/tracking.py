@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -276,13 +276,35 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = No
             client.log_artifact(run_id, str(path), artifact_path)
 
 
-def log_keras_model(model: Any, input_example: Any, name: str = "model") -> str:
-    """Log a tf_keras model with its signature into the active run; return its model URI."""
+def data_tags(manifest: Mapping[str, Any], seed: int, extra: Mapping[str, str]) -> dict[str, Any]:
+    """The tags every lineage run carries: which data (source and content hash) and seed."""
+    return {
+        "dataset": manifest["source"],
+        "data_hash": manifest["content_hash"],
+        "seed": seed,
+        **extra,
+    }
+
+
+def tensorflow_requirement() -> str:
+    """The TensorFlow wheel this environment runs, pinned: `tensorflow-cpu` by default, or
+    `tensorflow` (with or without its CUDA extra) after the README's GPU instructions."""
+    for distribution in ("tensorflow-cpu", "tensorflow"):
+        with contextlib.suppress(PackageNotFoundError):
+            return f"{distribution}=={version(distribution)}"
+    raise PipelineError("TensorFlow is not installed as a distribution; cannot log the model")
+
+
+def log_keras_model(run_id: str, model: Any, input_example: Any, name: str = "model") -> str:
+    """Log a tf_keras model with its signature into run `run_id`; return its model URI."""
     import mlflow.tensorflow
     from mlflow.models import infer_signature
 
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        raise PipelineError(f"MLflow run {run_id} is not the active run; cannot log its model")
     signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-    requirements = [f"{p}=={version(p)}" for p in ("tensorflow-cpu", "tf_keras")]
+    requirements = [tensorflow_requirement(), f"tf_keras=={version('tf_keras')}"]
     info = mlflow.tensorflow.log_model(
         model,
         name=name,

@@ -8,12 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.cli import PipelineError
+from pipeline.core.cli import PipelineError, first_line
 from pipeline.core.io import atomic_path, hash_arrays, read_json, write_json
-from pipeline.data.sources import NPZ_ERRORS, SPLITS, describe, read_npz
-
-PREPARED_DIR = Path("data/prepared")
-MANIFEST = "manifest.json"
+from pipeline.core.layout import MANIFEST, PREPARED_DIR, SPLIT_FILE
+from pipeline.core.params import DataParams
+from pipeline.data.sources import (
+    NPZ_ERRORS,
+    SPLITS,
+    load_source,
+    read_npz,
+    scale_pixels,
+    stratified_split,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,28 @@ class Prepared:
     @property
     def content_hash(self) -> str:
         return str(self.manifest["content_hash"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+
+def prepare(data: DataParams, seed: int) -> Prepared:
+    """The configured source, scaled to [0, 1] and split stratified: what ingest writes."""
+    raw = load_source(data.source, data.path)
+    x = scale_pixels(raw.x, raw.pixel_max)
+    splits = stratified_split(x, raw.y, data.val_fraction, data.test_fraction, seed)
+    manifest = build_manifest(
+        splits,
+        source=data.source,
+        path=data.path,
+        num_classes=data.num_classes,
+        pixel_max=raw.pixel_max,
+        seed=seed,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+    )
+    return Prepared(splits=splits, manifest=manifest)
 
 
 def content_hash(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
@@ -62,7 +90,7 @@ def write_prepared(prepared: Prepared, folder: Path = PREPARED_DIR) -> None:
         tmp.mkdir()
         for name in SPLITS:
             x, y = prepared[name]
-            np.savez(tmp / f"{name}.npz", x=x, y=y)
+            np.savez(tmp / SPLIT_FILE.format(split=name), x=x, y=y)
         write_json(tmp / MANIFEST, prepared.manifest)
 
 
@@ -75,12 +103,12 @@ def load_prepared(folder: Path = PREPARED_DIR) -> Prepared:
             raise PipelineError(f"{path}: not a manifest (a JSON object)")
         splits = {}
         for name in SPLITS:
-            path = folder / f"{name}.npz"
+            path = folder / SPLIT_FILE.format(split=name)
             splits[name] = read_npz(path)
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run the ingest stage first") from None
     except (*NPZ_ERRORS, RecursionError) as error:  # RecursionError: JSON nested too deeply
-        raise PipelineError(f"{path}: unreadable prepared data ({describe(error)})") from None
+        raise PipelineError(f"{path}: unreadable prepared data ({first_line(error)})") from None
     if content_hash(splits) != manifest.get("content_hash"):
         raise PipelineError(f"{folder}: arrays do not match the manifest's content hash")
     return Prepared(splits=splits, manifest=manifest)

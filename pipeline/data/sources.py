@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from pipeline.core.cli import PipelineError
+from pipeline.core.cli import PipelineError, first_line
 
 SPLITS = ("train", "val", "test")
 
@@ -125,7 +125,7 @@ def load_npz(path: Path) -> RawData:
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except NPZ_ERRORS as error:
-        raise PipelineError(f"{path}: not a readable NPZ file ({describe(error)})") from None
+        raise PipelineError(f"{path}: not a readable NPZ file ({first_line(error)})") from None
     x, y = as_images(x, y, str(path))
     return RawData(x=x, y=y, pixel_max=pixel_max_for(x))
 
@@ -201,7 +201,7 @@ def read_idx(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except (OSError, EOFError, zlib.error) as error:
-        raise PipelineError(f"{path}: not a readable gzip file ({describe(error)})") from None
+        raise PipelineError(f"{path}: not a readable gzip file ({first_line(error)})") from None
     if len(raw) - header != expected:
         held = len(raw) - header if len(raw) - header < expected else "more"
         raise PipelineError(
@@ -301,11 +301,6 @@ def stratified_split(
     except ValueError as error:
         raise PipelineError(f"data: cannot split ({error})") from None
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
-
-
-def describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def npz_bytes(x: np.ndarray, y: np.ndarray) -> bytes:

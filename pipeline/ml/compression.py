@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from pipeline.core.cli import first_line
 from pipeline.core.params import CompressParams, OptimizerParams, TrainCommon
 from pipeline.ml.training import compile_classifier, encode_labels, make_deterministic
 
@@ -184,18 +185,13 @@ def _leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return leaves
 
 
-def short_reason(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def attempt(name: str, description: str, make: Callable[[], tuple[bytes, keras.Model]]) -> Variant:
     """Build a variant; an architecture tfmot or the converter does not support is recorded
     with the library's own reason instead of failing the stage."""
     try:
         tflite, source = make()
     except Exception as error:  # tfmot/TFLite raise many types for "unsupported"
-        return Variant(name, description, unsupported=short_reason(error))
+        return Variant(name, description, unsupported=first_line(error))
     return Variant(name, description, tflite=tflite, source=source)
 
 
@@ -238,7 +234,7 @@ def make_variants(
     try:
         pruned: keras.Model | None = prune(model, train, p, common, num_classes)
     except Exception as error:  # an architecture tfmot cannot prune: its variants say why
-        pruned, pruning_error = None, short_reason(error)
+        pruned, pruning_error = None, first_line(error)
 
     def on_pruned(
         make: Callable[[keras.Model], tuple[bytes, keras.Model]],

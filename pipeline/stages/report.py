@@ -15,18 +15,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core import layout
+from pipeline.core.cli import PipelineError, run_stage, stage_args
 from pipeline.core.io import read_json, write_text
-from pipeline.core.layout import MODEL_FILE, MODELS_DIR
-from pipeline.core.params import MODEL_NAMES, Params, flatten, load_params
+from pipeline.core.outputs import (
+    CompressReport,
+    EvaluateReport,
+    EvaluateSpeed,
+    GanMetrics,
+    TrainMetrics,
+    unmet,
+)
+from pipeline.core.params import Params, flatten, load_params
 from pipeline.core.provenance import git_state, package_versions
 from pipeline.core.timing import StageTimer
-from pipeline.data.prepared import PREPARED_DIR
-from pipeline.stages.validate import RESULTS, failures
+from pipeline.data.validation_results import failures
 
-REPORT = Path("reports/index.html")
-TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
-REPORTS = Path("reports")
+
+def main(argv: Sequence[str] | None = None) -> None:
+    timer = StageTimer("report")
+    params = load_params(stage_args("report", __doc__, argv).params)
+    with timer.phase("data"):
+        page = context(params)
+    with timer.phase("outputs"):
+        write_text(layout.REPORT_PAGE, render(page))
+    timer.finish()
+    print(f"report: {len(layout.MODEL_NAMES)} models compared -> {layout.REPORT_PAGE}")
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -81,52 +95,46 @@ def learning_curves_png(histories: dict[str, dict[str, list[float]]]) -> str:
 
 def model_row(name: str) -> dict[str, Any]:
     """The comparison table's row: one family's headline numbers from every stage."""
-    train = read(REPORTS / "train" / f"{name}.json")
-    evaluated = read(REPORTS / "evaluate" / f"{name}.json")
-    speed = read(REPORTS / "evaluate" / f"{name}_speed.json")
-    compressed = read(REPORTS / "compress" / f"{name}.json")
-    variants = compressed["variants"]
-
-    def variant(key: str, field: str) -> float | None:
-        return variants[key][field] if variants.get(key, {}).get("supported") else None
-
+    train = TrainMetrics.read(layout.train_metrics(name))
+    evaluated = EvaluateReport.read(layout.evaluate_report(name))
+    speed = EvaluateSpeed.read(layout.evaluate_speed(name))
+    compressed = CompressReport.read(layout.compress_report(name))
+    supported = compressed.supported
+    int8, pruned_int8 = supported.get("int8"), supported.get("pruned_int8")
+    faithful, figures = evaluated.explanations.faithfulness, layout.evaluate_dir(name)
     return {
         "name": name,
-        "accuracy": evaluated["clean"]["accuracy"],
-        "macro_f1": evaluated["clean"]["macro_f1"],
-        "ece": evaluated["clean"]["ece"],
-        "robust_accuracy": evaluated["adversarial"]["robust_accuracy"],
-        "robust_epsilon": evaluated["adversarial"]["robust_epsilon"],
-        "corruption_accuracy": sum(v for c in evaluated["corruptions"].values() for v in c.values())
-        / sum(len(c) for c in evaluated["corruptions"].values()),
-        "parameters": train["parameters"],
-        "epochs": train["epochs_trained"],
-        "keras_bytes": (MODELS_DIR / name / MODEL_FILE).stat().st_size,
-        "keras_gzip_bytes": compressed["keras_float"]["size_gzip_bytes"],
-        "int8_accuracy": variant("int8", "accuracy"),
-        "int8_gzip_bytes": variant("int8", "size_gzip_bytes"),
-        "pruned_int8_gzip_bytes": variant("pruned_int8", "size_gzip_bytes"),
-        "latency_ms": speed["latency_ms_batch1"],
-        "throughput": speed["throughput_per_s_large_batch"],
-        "large_batch": speed["large_batch"],
-        "int8_latency_ms": variants["int8"]["speed"]["latency_ms_median"]
-        if variants.get("int8", {}).get("supported")
-        else None,
-        "most_faithful": evaluated["explanations"]["faithfulness"]["most_faithful"],
-        "fgsm": evaluated["adversarial"]["fgsm"],
-        "pgd": evaluated["adversarial"]["pgd"],
-        "deletion_auc": evaluated["explanations"]["faithfulness"]["deletion_auc"],
-        "deletion_auc_random": evaluated["explanations"]["faithfulness"]["deletion_auc_random"],
-        "ig_completeness_max": evaluated["explanations"]["ig_completeness_error"]["max"],
-        "unmet_targets": [k for k, c in evaluated["targets"].items() if not c["met"]]
-        + [k for k, c in compressed["targets"].items() if not c["met"]],
+        "accuracy": evaluated.clean.accuracy,
+        "macro_f1": evaluated.clean.macro_f1,
+        "ece": evaluated.clean.ece,
+        "robust_accuracy": evaluated.adversarial.robust_accuracy,
+        "robust_epsilon": evaluated.adversarial.robust_epsilon,
+        "corruption_accuracy": evaluated.corruption_accuracy_mean,
+        "parameters": train.parameters,
+        "epochs": train.epochs_trained,
+        "keras_bytes": layout.model_file(name).stat().st_size,
+        "keras_gzip_bytes": compressed.keras_float.size_gzip_bytes,
+        "int8_accuracy": int8.accuracy if int8 else None,
+        "int8_gzip_bytes": int8.size_gzip_bytes if int8 else None,
+        "pruned_int8_gzip_bytes": pruned_int8.size_gzip_bytes if pruned_int8 else None,
+        "latency_ms": speed.latency_ms_batch1,
+        "throughput": speed.throughput_per_s_large_batch,
+        "large_batch": speed.large_batch,
+        "int8_latency_ms": int8.speed.latency_ms_median if int8 else None,
+        "most_faithful": faithful.most_faithful,
+        "fgsm": evaluated.adversarial.fgsm,
+        "pgd": evaluated.adversarial.pgd,
+        "deletion_auc": faithful.deletion_auc,
+        "deletion_auc_random": faithful.deletion_auc_random,
+        "ig_completeness_max": evaluated.explanations.ig_completeness_error.max,
+        "unmet_targets": unmet(evaluated.targets) + unmet(compressed.targets),
         "figures": {  # in page order; the robustness panels take a whole row
-            "confusion matrix": png_data_uri(REPORTS / "evaluate" / name / "confusion.png"),
-            "reliability": png_data_uri(REPORTS / "evaluate" / name / "reliability.png"),
-            "compression trade-off": png_data_uri(REPORTS / "compress" / f"{name}_tradeoff.png"),
-            "robustness": png_data_uri(REPORTS / "evaluate" / name / "robustness.png"),
-            "deletion curves": png_data_uri(REPORTS / "evaluate" / name / "deletion.png"),
-            "attributions": png_data_uri(REPORTS / "evaluate" / name / "attributions.png"),
+            "confusion matrix": png_data_uri(figures / "confusion.png"),
+            "reliability": png_data_uri(figures / "reliability.png"),
+            "compression trade-off": png_data_uri(layout.compress_report(name, "_tradeoff.png")),
+            "robustness": png_data_uri(figures / "robustness.png"),
+            "deletion curves": png_data_uri(figures / "deletion.png"),
+            "attributions": png_data_uri(figures / "attributions.png"),
         },
     }
 
@@ -139,19 +147,19 @@ def latest_sample_grid(folder: Path) -> tuple[str, str]:
 
 
 def context(params: Params) -> dict[str, Any]:
-    manifest = read(PREPARED_DIR / "manifest.json")
-    validation = read(RESULTS)
-    gan_epoch, gan_grid = latest_sample_grid(MODELS_DIR / "gan" / "samples")
+    manifest = read(layout.PREPARED_DIR / layout.MANIFEST)
+    validation = read(layout.VALIDATION_RESULTS)
+    gan_epoch, gan_grid = latest_sample_grid(layout.GAN_DIR / layout.SAMPLES_DIR)
     git = git_state()
     return {
         "title": f"Model report: {params.experiment_name}",
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "models": [model_row(name) for name in MODEL_NAMES],
+        "models": [model_row(name) for name in layout.MODEL_NAMES],
         "learning_curves": learning_curves_png(
-            {name: history(MODELS_DIR / name / "history.csv") for name in MODEL_NAMES}
+            {name: history(layout.history_file(name)) for name in layout.MODEL_NAMES}
         ),
         "gan": {
-            "metrics": read(REPORTS / "gan" / "metrics.json"),
+            "metrics": GanMetrics.read(layout.GAN_METRICS).model_dump(),
             "epoch": gan_epoch,
             "grid": gan_grid,
         },
@@ -179,7 +187,7 @@ def render(values: dict[str, Any]) -> str:
     import jinja2
 
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        loader=jinja2.FileSystemLoader(layout.REPORT_TEMPLATE.parent),
         autoescape=True,  # every string from data, params or runs is escaped
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -187,19 +195,7 @@ def render(values: dict[str, Any]) -> str:
     )
     environment.filters["num"] = lambda v, digits=4: "–" if v is None else f"{v:.{digits}f}"
     environment.filters["kib"] = lambda v: "–" if v is None else f"{v / 1024:,.1f} KiB"
-    return environment.get_template(TEMPLATE.name).render(**values)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    timer = StageTimer("report")
-    args = stage_parser("report", __doc__ or "").parse_args(argv)
-    params = load_params(args.params)
-    with timer.phase("data"):
-        page = context(params)
-    with timer.phase("outputs"):
-        write_text(REPORT, render(page))
-    timer.finish()
-    print(f"report: {len(MODEL_NAMES)} models compared -> {REPORT}")
+    return environment.get_template(layout.REPORT_TEMPLATE.name).render(**values)
 
 
 if __name__ == "__main__":

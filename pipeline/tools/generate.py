@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.core.cli import PipelineError, run_stage, stage_parser
 from pipeline.core.io import atomic_path
 from pipeline.data.sources import npz_bytes
 from pipeline.ml.figures import save_grid_png
 
-GENERATOR = Path("models/gan/generator.keras")
+GENERATOR = layout.GAN_DIR / layout.GENERATOR_FILE
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -32,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out.suffix != ".npz":
         raise PipelineError(f"--out must name an .npz file (got {args.out})")
 
-    from pipeline.ml.models import load_keras
-    from pipeline.stages.gan import generate  # TensorFlow only once the arguments are sane
+    from pipeline.ml.artifacts import load_keras
+    from pipeline.ml.gan import generate  # TensorFlow only once the arguments are sane
 
     generator = load_keras(args.generator)
     try:

@@ -10,18 +10,24 @@ every reason go to reports/promotion.json and to a `promote` child run of each l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.core import tracking
 from pipeline.core.cli import PipelineError, run_stage, stage_parser
 from pipeline.core.io import read_json, write_json
-from pipeline.core.layout import MODELS_DIR, read_lineage
+from pipeline.core.layout import (
+    MANIFEST,
+    PREPARED_DIR,
+    PROMOTION,
+    REJECTED_DIR,
+    VALIDATION_RESULTS,
+    model_dir,
+)
+from pipeline.core.outputs import Lineage
 from pipeline.core.params import PromoteParams, flatten, load_params
-from pipeline.data.prepared import MANIFEST, PREPARED_DIR
-from pipeline.stages.validate import REJECTED_DIR, RESULTS
 
-REPORT = Path("reports/promotion.json")
+REPORT = PROMOTION
+RESULTS = VALIDATION_RESULTS
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Lineage-run metrics the thresholds read (the same names for every family).
 ACCURACY = "evaluate.accuracy"
@@ -86,8 +92,7 @@ def validated(validation: dict[str, Any], data_hash: str | None) -> list[str]:
 
 
 def promote_family(family: str, experiment: str, p: PromoteParams, validation: dict) -> dict:
-    lineage = read_lineage(MODELS_DIR / family)
-    run_id, name = lineage["run_id"], f"{experiment}-{family}"
+    run_id, name = Lineage.of(model_dir(family)).run_id, f"{experiment}-{family}"
     run = tracking.run_summary(run_id)
     decision: dict[str, Any] = {"registered_model": name, "candidate_run_id": run_id}
     problems = validated(validation, run["tags"].get("data_hash"))

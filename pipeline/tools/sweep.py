@@ -5,7 +5,7 @@ values (see the README); every lineage run of it carries the tag `sweep`. This p
 per run: its DVC experiment, model, the params that vary across the sweep and the metric, then
 the best point.
 
-    python -m pipeline.tools.sweep NAME [--metric test_accuracy] [--model cnn] [--lowest]
+    python -m pipeline sweep NAME [--metric test_accuracy] [--model cnn] [--lowest]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.core import tracking
 from pipeline.core.cli import PipelineError, run_stage
-from pipeline.core.params import load_params
+from pipeline.core.params import MODEL_NAMES, load_params
 
 
 def varying(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -77,10 +77,10 @@ def table(runs: Sequence[dict[str, Any]], metric: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.sweep", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m pipeline sweep", description=__doc__)
     parser.add_argument("sweep", help="the sweep's name (mlflow.sweep)")
     parser.add_argument("--metric", default="test_accuracy")
-    parser.add_argument("--model", choices=["fnn", "cnn", "lstm", "gan"])
+    parser.add_argument("--model", choices=[*MODEL_NAMES, "gan"])
     parser.add_argument("--lowest", action="store_true", help="lower is better (a loss)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

@@ -1,0 +1,304 @@
+"""The typed outputs of the stages, as TFX components have typed artifacts.
+
+Each stage that hands results to another (train, gan, compress, evaluate, promote) writes one of
+these models as JSON, and the readers (report, promote, sweep) load the model back: a renamed
+field breaks the type check and the build, not a page at run time. Every acceptance target,
+wherever it is checked, has the one shape `Check {value, bound, met}`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
+
+from pipeline.core.cli import PipelineError, first_line
+from pipeline.core.io import read_json, write_json
+from pipeline.core.layout import LINEAGE_FILE
+
+Curve = dict[str, float]  # severity (as written by `severity_key`) -> accuracy
+Curves = dict[str, Curve]  # perturbation -> its curve
+
+
+def severity_key(severity: float) -> str:
+    """A severity as a JSON key and metric-name part: 0.1 -> "0.1", 2.0 -> "2"."""
+    return f"{severity:g}"
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    made_by: ClassVar[str] = "the stage that writes it"  # for the error that names a missing file
+
+    def write(self, path: Path) -> None:
+        write_json(path, self.model_dump(by_alias=True))
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        """The output at `path`; one line naming the file when it is missing or malformed."""
+        try:
+            return cls.model_validate(read_json(path))
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: missing; run {cls.made_by}") from None
+        except ValueError as error:  # invalid JSON, and pydantic's ValidationError
+            what = f"not a {cls.__name__}" if isinstance(error, ValidationError) else "invalid"
+            raise PipelineError(f"{path}: {what} ({first_line(error)})") from None
+
+
+class Check(Output):
+    """A measured value against its bound; `variant` names the model it was measured on where a
+    stage measures several."""
+
+    value: float
+    bound: float
+    met: bool
+    variant: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_variant(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if dumped.get("variant") is None:
+            dumped.pop("variant", None)
+        return dumped
+
+    @classmethod
+    def at_most(cls, value: float, bound: float, variant: str | None = None) -> Check:
+        return cls(value=value, bound=bound, met=bool(value <= bound), variant=variant)
+
+    @classmethod
+    def at_least(cls, value: float, bound: float, variant: str | None = None) -> Check:
+        return cls(value=value, bound=bound, met=bool(value >= bound), variant=variant)
+
+
+Checks = dict[str, Check]
+
+
+def unmet(checks: Checks) -> list[str]:
+    return [name for name, check in checks.items() if not check.met]
+
+
+class Lineage(Output):
+    """`models/<name>/lineage.json`: the model's MLflow lineage run, written by its stage."""
+
+    made_by: ClassVar[str] = "the stage that trains this model"
+    run_id: str
+    experiment: str
+
+    @classmethod
+    def of(cls, folder: Path) -> Lineage:
+        return cls.read(folder / LINEAGE_FILE)
+
+
+class TrainMetrics(Output):
+    """reports/train/<name>.json."""
+
+    train_accuracy: float
+    train_loss: float
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float
+    test_loss: float
+    epochs_trained: int
+    best_epoch: int
+    parameters: int
+    replicas: int
+    global_batch_size: int
+
+
+class GanMetrics(Output):
+    """reports/gan/metrics.json: the generator judged by the train stage's CNN."""
+
+    classifier_agreement: float
+    frechet_distance: float
+    frechet_distance_real_floor: float
+    classes_covered: int
+    all_classes_covered: bool
+    predicted_class_entropy: float
+    predicted_class_entropy_ratio: float
+    gan_train_accuracy: float
+    gan_test_accuracy: float
+    generated_per_class: int
+
+
+# --- compress ---------------------------------------------------------------------------------
+
+
+class Speed(Output):
+    latency_ms_median: float
+    latency_ms_p95: float
+    throughput_per_s: float
+
+
+class KerasFloat(Output):
+    accuracy: float
+    sparsity: float
+    size_bytes: int
+    size_gzip_bytes: int
+    speed: dict[str, Speed]  # per way of calling the Keras model
+
+
+class SupportedVariant(Output):
+    supported: Literal[True] = True
+    description: str
+    accuracy: float
+    source_keras_accuracy: float  # the Keras model it was converted from
+    sparsity: float
+    size_bytes: int
+    size_gzip_bytes: int
+    dtypes: dict[str, list[str]]
+    speed: Speed
+
+
+class UnsupportedVariant(Output):
+    supported: Literal[False] = False
+    description: str
+    reason: str
+
+
+class CompressReport(Output):
+    """reports/compress/<name>.json."""
+
+    keras_float: KerasFloat
+    variants: dict[str, SupportedVariant | UnsupportedVariant]
+    targets: Checks
+
+    @property
+    def supported(self) -> dict[str, SupportedVariant]:
+        return {k: v for k, v in self.variants.items() if isinstance(v, SupportedVariant)}
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+class ClassScores(Output):
+    class_: int = Field(alias="class")
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ReliabilityBin(Output):
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None  # None for an empty bin
+    accuracy: float | None
+
+
+class Clean(Output):
+    accuracy: float
+    macro_f1: float
+    ece: float
+    per_class: list[ClassScores]
+    confusion_matrix: list[list[int]]
+    reliability: list[ReliabilityBin]
+
+
+class Adversarial(Output):
+    fgsm: Curve
+    pgd: Curve
+    robust_epsilon: float
+    robust_accuracy: float
+    pgd_steps: int
+
+
+class TransferredAttacks(Output):
+    crafted_on: str
+    fgsm: Curve
+    pgd: Curve
+
+
+class VariantEvaluation(Output):
+    accuracy: float
+    corruptions: Curves
+    transferred_attacks: TransferredAttacks
+
+
+class CompletenessError(Output):
+    max: float
+    mean: float
+    grid_images: list[float]
+
+
+class Faithfulness(Output):
+    images: int
+    deleted_fraction: list[float]
+    deletion_auc: dict[str, float]
+    deletion_auc_random: float
+    beats_random: dict[str, bool]
+    most_faithful: str
+    mean_curves: dict[str, list[float]]
+
+
+class Explanations(Output):
+    methods: list[str]
+    grid_images: list[int]
+    ig_completeness_error: CompletenessError
+    faithfulness: Faithfulness
+
+
+class EvaluateReport(Output):
+    """reports/evaluate/<name>.json."""
+
+    model: str
+    model_bytes: int
+    test_images: int
+    clean: Clean
+    adversarial: Adversarial
+    corruptions: Curves
+    variants: dict[str, VariantEvaluation]
+    explanations: Explanations
+    targets: Checks
+
+    @property
+    def corruption_accuracy_mean(self) -> float:
+        return mean_accuracy(self.corruptions)
+
+
+def mean_accuracy(curves: Curves) -> float:
+    values = [v for curve in curves.values() for v in curve.values()]
+    return sum(values) / len(values)
+
+
+class EvaluateSpeed(Output):
+    """reports/evaluate/<name>_speed.json: measured, so it differs run to run."""
+
+    latency_ms_batch1: float
+    latency_ms_batch1_p95: float
+    throughput_per_s_batch1: float
+    large_batch: int
+    latency_ms_large_batch: float
+    throughput_per_s_large_batch: float
+    wall_time_s: float
+
+
+# --- promote ----------------------------------------------------------------------------------
+
+
+class Decision(Output):
+    """One family's promotion decision, as reports/promotion.json lists them."""
+
+    family: str
+    registered_model: str
+    version: str
+    run_id: str
+    blessed: bool
+    alias: str
+    checks: Checks
+    reasons: list[str]
+    champion_before: str | None
+
+
+class Promotion(Output):
+    """reports/promotion.json."""
+
+    experiment: str
+    decisions: list[Decision]

@@ -1,0 +1,204 @@
+"""What compression achieved: every variant measured through the LiteRT interpreter, the
+acceptance targets checked, and the tables and plot data the compress stage writes."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.io import csv_text
+from pipeline.core.params import CompressTargets
+
+
+def measure(
+    variants: list[Any],
+    model: Any,
+    keras_file: Path,
+    test: tuple[np.ndarray, np.ndarray],
+    runs: int,
+    batch: int,
+) -> dict[str, Any]:
+    """Accuracy, sparsity, size and speed of the float Keras model and of each variant."""
+    from pipeline.ml.compression import weight_sparsity
+    from pipeline.ml.inference import (
+        TFLiteModel,
+        keras_callers,
+        latency_stats,
+        sizes,
+        tensor_dtypes,
+    )
+
+    x, y = test
+    keras_bytes = keras_file.read_bytes()
+    baseline: dict[str, Any] = {
+        "accuracy": float(np.mean(model.predict(x, verbose=0).argmax(axis=1) == y)),
+        "sparsity": weight_sparsity(model),
+        "size_bytes": len(keras_bytes),
+        "size_gzip_bytes": len(gzip.compress(keras_bytes, 9)),
+        "speed": {
+            name: latency_stats(call, x, runs, batch) for name, call in keras_callers(model).items()
+        },
+    }
+    results: dict[str, Any] = {}
+    for variant in variants:
+        if variant.unsupported:
+            results[variant.name] = {
+                "supported": False,
+                "description": variant.description,
+                "reason": variant.unsupported,
+            }
+            continue
+        runner = TFLiteModel(variant.tflite)
+        predicted = runner.predict(x, batch).argmax(axis=1)
+        source = variant.source.predict(x, verbose=0).argmax(axis=1)
+        results[variant.name] = {
+            "supported": True,
+            "description": variant.description,
+            "accuracy": float(np.mean(predicted == y)),
+            # The Keras model it was converted from: a gap here is the converter's doing.
+            "source_keras_accuracy": float(np.mean(source == y)),
+            "sparsity": weight_sparsity(variant.source),
+            **sizes(variant.tflite),
+            "dtypes": tensor_dtypes(variant.tflite),
+            "speed": latency_stats(runner.invoke, x, runs, batch),
+        }
+    return {"keras_float": baseline, "variants": results}
+
+
+def target_checks(
+    report: dict[str, Any], target_sparsity: float, targets: CompressTargets
+) -> dict[str, dict[str, Any]]:
+    """The acceptance targets (params `targets.compress`) as measured values next to their
+    bounds, and whether the pruning-preserving variant kept the sparsity it is named for."""
+    base, variants = report["keras_float"], report["variants"]
+    checks: dict[str, dict[str, Any]] = {}
+
+    def check(name: str, variant: str, value: float, bound: float, at_least: bool) -> None:
+        checks[name] = {
+            "variant": variant,
+            "value": value,
+            "bound": bound,
+            "met": bool(value >= bound if at_least else value <= bound),
+        }
+
+    ok = {name: v for name, v in variants.items() if v["supported"]}
+    if "pruned" in ok:
+        check(
+            "pruning_loss_points",
+            "pruned",
+            100 * (base["accuracy"] - ok["pruned"]["accuracy"]),
+            targets.max_pruning_loss_points,
+            False,
+        )
+    if "float32" in ok:
+        for name in ("int8", "pruned_int8", "qat_int8", "pruned_qat_int8"):
+            if name in ok:
+                check(
+                    f"{name}_loss_points_vs_float_tflite",
+                    name,
+                    100 * (ok["float32"]["accuracy"] - ok[name]["accuracy"]),
+                    targets.max_int8_loss_points,
+                    False,
+                )
+    if "pruned_qat_int8" in ok:
+        # tfmot's scheme silently leaves layers whose fused quantize config it does not list
+        # without a sparsity mask, and QAT then moves the pruned zeros: measured, not assumed.
+        sparsity = ok["pruned_qat_int8"]["sparsity"]
+        check("pruned_qat_int8_sparsity", "pruned_qat_int8", sparsity, target_sparsity - 0.01, True)
+    if "pruned_int8" in ok:
+        check(
+            "gzip_ratio_keras_to_pruned_int8",
+            "pruned_int8",
+            base["size_gzip_bytes"] / ok["pruned_int8"]["size_gzip_bytes"],
+            targets.min_gzip_ratio,
+            True,
+        )
+    if "int8" in ok:
+        check(
+            "latency_ratio_tf_function_to_int8",
+            "int8",
+            base["speed"]["keras_tf_function"]["latency_ms_median"]
+            / ok["int8"]["speed"]["latency_ms_median"],
+            targets.min_latency_ratio,
+            True,
+        )
+    return checks
+
+
+def tradeoff_points(report: dict[str, Any]) -> list[dict[str, Any]]:
+    base = report["keras_float"]
+    points = [
+        {
+            "variant": "keras_float",
+            "size_gzip_kib": base["size_gzip_bytes"] / 1024,
+            "accuracy": base["accuracy"],
+        }
+    ]
+    points += [
+        {"variant": name, "size_gzip_kib": v["size_gzip_bytes"] / 1024, "accuracy": v["accuracy"]}
+        for name, v in report["variants"].items()
+        if v["supported"]
+    ]
+    return points
+
+
+def points_csv(points: list[dict[str, Any]]) -> str:
+    return csv_text(
+        ["variant", "size_gzip_kib", "accuracy"],
+        ([p["variant"], f"{p['size_gzip_kib']:.3f}", f"{p['accuracy']:.6f}"] for p in points),
+    )
+
+
+def markdown_table(name: str, report: dict[str, Any]) -> str:
+    base = report["keras_float"]
+    lines = [
+        f"# Compression of `{name}`",
+        "",
+        "| variant | accuracy | sparsity | size (B) | gzipped (B) | latency median (ms) "
+        "| p95 (ms) | batch throughput (img/s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for call, speed in base["speed"].items():
+        lines.append(
+            f"| float Keras, {call} | {base['accuracy']:.4f} | {base['sparsity']:.3f} "
+            f"| {base['size_bytes']} | {base['size_gzip_bytes']} "
+            f"| {speed['latency_ms_median']:.3f} | {speed['latency_ms_p95']:.3f} "
+            f"| {speed['throughput_per_s']:.0f} |"
+        )
+    for variant, v in report["variants"].items():
+        if not v["supported"]:
+            lines.append(f"| {variant} | unsupported: {v['reason']} | | | | | | |")
+            continue
+        s = v["speed"]
+        lines.append(
+            f"| {variant} | {v['accuracy']:.4f} | {v['sparsity']:.3f} "
+            f"| {v['size_bytes']} | {v['size_gzip_bytes']} "
+            f"| {s['latency_ms_median']:.4f} | {s['latency_ms_p95']:.4f} "
+            f"| {s['throughput_per_s']:.0f} |"
+        )
+    lines += ["", "| target | variant | measured | bound | met |", "|---|---|---|---|---|"]
+    for check, c in report["targets"].items():
+        lines.append(
+            f"| {check} | {c['variant']} | {c['value']:.3f} | {c['bound']} "
+            f"| {'yes' if c['met'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "TFLite models run in the LiteRT interpreter with one thread; Keras uses "
+        "TensorFlow's default thread pools. Single-image latency over the test images.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Family-neutral names (`compress.int8.accuracy`) for the lineage run's compare view."""
+    metrics = {}
+    for variant, v in report["variants"].items():
+        if v["supported"]:
+            for key in ("accuracy", "sparsity", "size_bytes", "size_gzip_bytes"):
+                metrics[f"compress.{variant}.{key}"] = float(v[key])
+            metrics[f"compress.{variant}.latency_ms_median"] = v["speed"]["latency_ms_median"]
+    return metrics

@@ -1,0 +1,297 @@
+"""Evaluation of a trained classifier: clean accuracy and calibration, robustness to attacks
+and corruptions, speed, and explanations with their faithfulness; its TFLite variants face the
+same corruptions and the attacks crafted on their float parent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.outputs import severity_key
+from pipeline.core.params import EvaluateParams, EvaluateTargets
+
+Predict = Callable[[np.ndarray], np.ndarray]  # images -> class probabilities
+Sets = dict[str, dict[float, np.ndarray]]  # perturbation -> severity -> perturbed images
+
+
+def accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(probabilities.argmax(axis=1) == y))
+
+
+def clean_performance(
+    probabilities: np.ndarray, y: np.ndarray, num_classes: int, bins: int
+) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1, the confusion matrix and calibration."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from pipeline.ml.robustness import calibration
+
+    predicted = probabilities.argmax(axis=1)
+    labels = list(range(num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, predicted, labels=labels, zero_division=0
+    )
+    calibrated = calibration(probabilities, y, bins)
+    return {
+        "accuracy": accuracy(probabilities, y),
+        "macro_f1": float(np.mean(f1)),
+        "ece": calibrated["ece"],
+        "per_class": [
+            {
+                "class": c,
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+            }
+            for c in labels
+        ],
+        "confusion_matrix": confusion_matrix(y, predicted, labels=labels).tolist(),
+        "reliability": calibrated["bins"],
+    }
+
+
+def adversarial_sets(
+    model: Any, x: np.ndarray, y: np.ndarray, p: EvaluateParams, seed: int
+) -> Sets:
+    """FGSM and PGD images for every epsilon, crafted against `model`."""
+    from pipeline.ml.robustness import fgsm, pgd
+
+    return {
+        "fgsm": {e: fgsm(model, x, y, e) for e in p.epsilons},
+        "pgd": {e: pgd(model, x, y, e, p.pgd_steps, p.pgd_step_size, seed) for e in p.epsilons},
+    }
+
+
+def corruption_sets(x: np.ndarray, p: EvaluateParams, seed: int) -> Sets:
+    from pipeline.ml.robustness import gaussian_noise, occlude, rotate, shift
+
+    return {
+        "gaussian_noise": {s: gaussian_noise(x, s, seed) for s in p.noise_sigmas},
+        "occlusion": {f: occlude(x, f, seed) for f in p.occlusion_fractions},
+        "shift": {float(px): shift(x, px) for px in p.shifts},
+        "rotation": {d: rotate(x, d) for d in p.rotations},
+    }
+
+
+def accuracy_curves(predict: Predict, sets: Sets, y: np.ndarray) -> dict[str, dict[str, float]]:
+    return {
+        name: {
+            severity_key(severity): accuracy(predict(images), y)
+            for severity, images in curve.items()
+        }
+        for name, curve in sets.items()
+    }
+
+
+def explained_indices(y: np.ndarray, per_class: int, total: int) -> np.ndarray:
+    """The fixed image set: the first `per_class` test images of each class (for the grids),
+    then the next test images in order, up to `total` (for the faithfulness curves)."""
+    grid = [i for c in np.unique(y) for i in np.flatnonzero(y == c)[:per_class]]
+    rest = [i for i in range(len(y)) if i not in set(grid)]
+    return np.array(grid + rest[: max(0, total - len(grid))], dtype=int)
+
+
+def attributions(
+    model: Any, x: np.ndarray, classes: np.ndarray, p: EvaluateParams, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every method's H×W map per image for `classes`, and IG's completeness error per image."""
+    from pipeline.ml.explain import (
+        grad_cam,
+        grad_cam_layer,
+        integrated_gradients,
+        occlusion,
+        smoothgrad,
+        vanilla_gradients,
+    )
+
+    integrated, completeness = integrated_gradients(model, x, classes, steps=p.ig_steps)
+    maps = {
+        "vanilla_gradients": vanilla_gradients(model, x, classes),
+        "smoothgrad": smoothgrad(model, x, classes, p.smoothgrad_samples, p.smoothgrad_sigma, seed),
+        "integrated_gradients": integrated,
+        "occlusion": occlusion(model, x, classes, p.occlusion_patch),
+    }
+    layer = grad_cam_layer(model)
+    if layer is not None:
+        maps["grad_cam"] = grad_cam(model, x, classes, layer)
+    return maps, completeness
+
+
+def faithfulness(
+    model: Any,
+    x: np.ndarray,
+    classes: np.ndarray,
+    maps: dict[str, np.ndarray],
+    p: EvaluateParams,
+    seed: int,
+) -> dict[str, Any]:
+    """Deletion curves (mean over images) and their areas per method, against the mean of
+    `random_orders` random deletion orders. Lower area: the method found the evidence."""
+    from pipeline.ml.explain import deletion_curve
+
+    curves, areas = {}, {}
+    for method, attribution in maps.items():
+        curve, area = deletion_curve(model, x, classes, attribution, p.deletion_steps)
+        curves[method], areas[method] = curve.mean(axis=0), float(area.mean())
+    rng = np.random.default_rng(seed)
+    random_runs = [
+        deletion_curve(model, x, classes, rng.random(x.shape[:3]), p.deletion_steps)
+        for _ in range(p.random_orders)
+    ]
+    curves["random"] = np.mean([curve.mean(axis=0) for curve, _ in random_runs], axis=0)
+    random_area = float(np.mean([area.mean() for _, area in random_runs]))
+    return {
+        "images": len(x),
+        "deleted_fraction": np.linspace(0.0, 1.0, p.deletion_steps + 1).tolist(),
+        "deletion_auc": areas,
+        "deletion_auc_random": random_area,
+        "beats_random": {method: area < random_area for method, area in areas.items()},
+        "most_faithful": min(areas, key=areas.__getitem__),
+        "mean_curves": {method: curve.tolist() for method, curve in curves.items()},
+    }
+
+
+def target_checks(report: dict[str, Any], targets: EvaluateTargets) -> dict[str, dict[str, Any]]:
+    """The acceptance targets (params `targets.evaluate`), and each attribution method's
+    deletion area against random deletion."""
+    explained = report["explanations"]
+    bound = targets.max_ig_completeness_error
+    checks = {
+        "ig_completeness_error_max": {
+            "value": explained["ig_completeness_error"]["max"],
+            "bound": bound,
+            "met": explained["ig_completeness_error"]["max"] <= bound,
+        }
+    }
+    faithful = explained["faithfulness"]
+    for method, area in faithful["deletion_auc"].items():
+        checks[f"deletion_auc_{method}_below_random"] = {
+            "value": area,
+            "bound": faithful["deletion_auc_random"],
+            "met": bool(faithful["beats_random"][method]),
+        }
+    return checks
+
+
+def evaluate_model(
+    model: Any,
+    variants: dict[str, tuple[Predict, Any, str]],
+    test: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    p: EvaluateParams,
+    seed: int,
+    targets: EvaluateTargets | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Everything but speed, for the float model and its variants.
+
+    `variants` maps a name to (predict, float parent, parent's file): the TFLite models have no
+    gradients, so they face the adversarial images crafted on their float parent.
+    Returns (report, the attribution maps of the grid images)."""
+    from pipeline.ml.training import make_deterministic, predict_proba
+
+    x, y = test
+    make_deterministic(seed)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return predict_proba(model, images)
+
+    attacks = adversarial_sets(model, x, y, p, seed)
+    corruptions = corruption_sets(x, p, seed)
+    adversarial = accuracy_curves(predict, attacks, y)
+    report: dict[str, Any] = {
+        "test_images": len(y),
+        "clean": clean_performance(predict(x), y, num_classes, p.calibration_bins),
+        "adversarial": {
+            **adversarial,
+            "robust_epsilon": p.robust_epsilon,
+            "robust_accuracy": adversarial["pgd"][severity_key(p.robust_epsilon)],
+            "pgd_steps": p.pgd_steps,
+        },
+        "corruptions": accuracy_curves(predict, corruptions, y),
+    }
+    crafted: dict[int, Sets] = {id(model): attacks}
+    report["variants"] = {}
+    for name, (run, parent, parent_file) in variants.items():
+        if id(parent) not in crafted:
+            crafted[id(parent)] = adversarial_sets(parent, x, y, p, seed)
+        report["variants"][name] = {
+            "accuracy": accuracy(run(x), y),
+            "corruptions": accuracy_curves(run, corruptions, y),
+            "transferred_attacks": {
+                "crafted_on": parent_file,
+                **accuracy_curves(run, crafted[id(parent)], y),
+            },
+        }
+    chosen = explained_indices(y, p.explain_per_class, p.faithfulness_images)
+    maps, completeness = attributions(model, x[chosen], y[chosen], p, seed)
+    grid = min(len(chosen), p.explain_per_class * len(np.unique(y)))
+    report["explanations"] = {
+        "methods": list(maps),
+        "grid_images": chosen[:grid].tolist(),
+        "ig_completeness_error": {
+            "max": float(completeness.max()),
+            "mean": float(completeness.mean()),
+            "grid_images": completeness[:grid].tolist(),
+        },
+        "faithfulness": faithfulness(model, x[chosen], y[chosen], maps, p, seed),
+    }
+    report["targets"] = target_checks(report, targets or EvaluateTargets())
+    return report, {"images": x[chosen[:grid]], **{m: a[:grid] for m, a in maps.items()}}
+
+
+def keras_speed(model: Any, x: np.ndarray, p: EvaluateParams) -> dict[str, float]:
+    """The Keras model under tf.function: latency and throughput at batch 1 and a large batch."""
+    from pipeline.ml.inference import keras_callers, latency_stats
+
+    stats = latency_stats(
+        keras_callers(model)["keras_tf_function"], x, p.latency_runs, p.throughput_batch
+    )
+    return {
+        "latency_ms_batch1": stats["latency_ms_median"],
+        "latency_ms_batch1_p95": stats["latency_ms_p95"],
+        "throughput_per_s_batch1": 1e3 / stats["latency_ms_median"],
+        "large_batch": p.throughput_batch,
+        "latency_ms_large_batch": 1e3 * p.throughput_batch / stats["throughput_per_s"],
+        "throughput_per_s_large_batch": stats["throughput_per_s"],
+    }
+
+
+def headline_metrics(report: dict[str, Any], speed: dict[str, float]) -> dict[str, float]:
+    """Family-neutral names (`evaluate.pgd.eps_0.1`) for the lineage run's compare view."""
+    clean, adversarial = report["clean"], report["adversarial"]
+    metrics = {
+        "evaluate.accuracy": clean["accuracy"],
+        "evaluate.macro_f1": clean["macro_f1"],
+        "evaluate.ece": clean["ece"],
+        "evaluate.robust_accuracy": adversarial["robust_accuracy"],
+        "evaluate.corruption_accuracy_mean": mean_curve_accuracy(report["corruptions"]),
+        "evaluate.ig_completeness_error_max": report["explanations"]["ig_completeness_error"][
+            "max"
+        ],
+    }
+    for attack in ("fgsm", "pgd"):
+        for epsilon, value in adversarial[attack].items():
+            metrics[f"evaluate.{attack}.eps_{epsilon}"] = value
+    faithful = report["explanations"]["faithfulness"]
+    for method, area in faithful["deletion_auc"].items():
+        metrics[f"evaluate.deletion_auc.{method}"] = area
+    metrics["evaluate.deletion_auc.random"] = faithful["deletion_auc_random"]
+    for name, variant in report["variants"].items():
+        metrics[f"evaluate.{name}.accuracy"] = variant["accuracy"]
+        metrics[f"evaluate.{name}.corruption_accuracy_mean"] = mean_curve_accuracy(
+            variant["corruptions"]
+        )
+        metrics[
+            f"evaluate.{name}.transferred_pgd.eps_{severity_key(adversarial['robust_epsilon'])}"
+        ] = variant["transferred_attacks"]["pgd"][severity_key(adversarial["robust_epsilon"])]
+    metrics.update({f"evaluate.{k}": float(v) for k, v in speed.items()})
+    if "model_bytes" in report:
+        metrics["evaluate.model_bytes"] = float(report["model_bytes"])
+    return metrics
+
+
+def mean_curve_accuracy(curves: dict[str, dict[str, float]]) -> float:
+    return float(np.mean([v for curve in curves.values() for v in curve.values()]))
