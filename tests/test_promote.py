@@ -82,7 +82,7 @@ def candidate(tmp_path: Path, family: str, accuracy: float, data_hash: str = "h"
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, outputs)
     with tracking.lineage_run("digits", family, {"data_hash": data_hash}) as run_id:
-        tracking.log_keras_model(model, np.zeros((2, 8, 8, 1), np.float32))
+        tracking.log_keras_model(run_id, model, np.zeros((2, 8, 8, 1), np.float32))
         tracking.log_metrics(run_id, {**GOOD, ACCURACY: accuracy})
     folder = tmp_path / "models" / family
     folder.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ class Lineage(Output):
 
     made_by: ClassVar[str] = "the stage that trains this model"
     run_id: str
-    experiment: str
+    experiment: str | None = None  # the MLflow experiment, for a reader of the file
 
     @classmethod
     def of(cls, folder: Path) -> Lineage:
