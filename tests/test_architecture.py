@@ -203,3 +203,21 @@ def test_every_top_level_plot_draws_from_a_layout_path():
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
     sources = {path for plot in plots for spec in plot.values() for path in spec["y"]}
     assert sources == {str(p) for p in layout.plot_sources()}
+
+
+def test_every_name_imported_from_the_package_exists():
+    """Lazy imports run only on their path: check each `from pipeline.x import y` resolves."""
+    import importlib
+
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+                module = importlib.import_module(str(node.module))
+                missing += [
+                    f"{path.relative_to(REPO)}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if not hasattr(module, alias.name)
+                    and module_path(f"{node.module}.{alias.name}") is None
+                ]
+    assert missing == []

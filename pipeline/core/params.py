@@ -96,28 +96,35 @@ class LayerParams(Strict):
 
 class FNNParams(LayerParams):
     hidden_units: list[Units] = Field(default_factory=lambda: [256, 128], min_length=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
 
 
 class CNNParams(LayerParams):
     filters: list[Units] = Field(default_factory=lambda: [32, 64], min_length=1)
     kernel_size: int = Field(3, ge=1, le=7)
     dense_units: list[Units] = Field(default_factory=lambda: [128])
+    dropout: float = Field(0.25, ge=0, lt=1)
+    batch_norm: bool = True
 
 
 class LSTMParams(LayerParams):
     """The LSTM reads an image as a sequence of its rows."""
 
-    units: list[Units] = Field(default_factory=lambda: [128], min_length=1)
+    units: list[Units] = Field(default_factory=lambda: [256], min_length=1)
     bidirectional: bool = False
     # Unrolled LSTMs convert to builtin TFLite ops; the sequence (image height) is short.
     unroll: bool = True
-    dense_units: list[Units] = Field(default_factory=list)
+    dense_units: list[Units] = Field(default_factory=lambda: [128])
+    activation: Activation = "tanh"  # of the dense head; the LSTM cells keep their own
+    initializer: Initializer = "glorot_uniform"
+    dropout: float = Field(0.2, ge=0, lt=1)
+    optimizer: OptimizerParams = OptimizerParams(learning_rate=2e-3)
 
 
 class TrainCommon(Strict):
-    epochs: int = Field(60, ge=1, le=10_000)
+    epochs: int = Field(80, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536)
-    early_stopping_patience: int = Field(8, ge=0)
+    early_stopping_patience: int = Field(10, ge=0)
     loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"] = (
         "sparse_categorical_crossentropy"
     )

@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with timer.phase("data"):
         prepared = load_prepared(PREPARED_DIR)
     with timer.phase("imports"):
-        from pipeline.data.validation import failures, validate
+        from pipeline.data.validation import validate
+        from pipeline.data.validation_results import failures
     VALIDATION_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".validate.", dir=VALIDATION_DIR) as staging:
         # Checking the data (GX, Data Docs included) is neither model compute nor a plain write.
