@@ -53,14 +53,14 @@ _SERVERS_BEFORE = pytest.StashKey[set]()  # warm servers running before the sess
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    from pipeline.runtime import warm
+    from pipeline.runtime import server
 
-    session.config.stash[_SERVERS_BEFORE] = {s["pid"] for s in warm.servers()}
+    session.config.stash[_SERVERS_BEFORE] = {s["pid"] for s in server.servers()}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Stop the warm servers the tests' projects started, rather than let each idle out."""
-    from pipeline.runtime import warm
+    from pipeline.runtime import server
 
     before = session.config.stash.get(_SERVERS_BEFORE, set())
-    warm.stop([s for s in warm.servers() if s["pid"] not in before])
+    server.stop([s for s in server.servers() if s["pid"] not in before])

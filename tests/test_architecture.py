@@ -221,3 +221,20 @@ def test_every_name_imported_from_the_package_exists():
                     and module_path(f"{node.module}.{alias.name}") is None
                 ]
     assert missing == []
+
+
+def test_the_readme_layout_matches_the_package():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- layout: checked against the tree by tests/test_architecture.py -->")
+    lines = block[1].split("```")[1].strip().splitlines()
+    shown = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    actual = {
+        f"pipeline/{folder.name}/": sorted(
+            p.stem if p.suffix == ".py" else p.name
+            for p in folder.iterdir()
+            if p.name != "__init__.py" and p.name != "__pycache__"
+        )
+        for folder in PACKAGE.iterdir()
+        if folder.is_dir() and folder.name != "__pycache__"
+    }
+    assert {folder: sorted(names) for folder, names in shown.items()} == actual

@@ -510,9 +510,9 @@ def assert_refused_before_training(result: subprocess.CompletedProcess, expected
 
 
 def test_stopping_the_warm_server_lets_a_running_stage_finish(project: Path):
-    """`python -m pipeline.runtime.warm stop` mid-training: the stage completes; the next call
+    """`python -m pipeline.runtime.server stop` mid-training: the stage completes; the next call
     starts a new server, while the stopped one exits once its stage has ended."""
-    from pipeline.runtime import warm
+    from pipeline.runtime.server import servers, stop
 
     params = (project / "params.yaml").read_text()
     heal(project, params)
@@ -523,12 +523,12 @@ def test_stopping_the_warm_server_lets_a_running_stage_finish(project: Path):
             stage_process = int(lineage_runs(project)[0].data.tags["pid"])
             stat = Path(f"/proc/{stage_process}/stat").read_text()
             parent = int(stat.rsplit(")", 1)[1].split()[1])  # the server that forked it
-            (server,) = [s for s in warm.servers() if int(s["pid"]) == parent]
-            warm.stop([server])
+            (server,) = [s for s in servers() if int(s["pid"]) == parent]
+            stop([server])
             _out, err = process.communicate(timeout=600)
         stopped_gone = process_gone(int(server["pid"]))
         after = sh(project, "python", "-m", "pipeline", "train", "--model", "fnn")
-        serving = [s["pid"] for s in warm.servers() if s["package"] == server["package"]]
+        serving = [s["pid"] for s in servers() if s["package"] == server["package"]]
     finally:
         shutil.rmtree(project / ".checkpoints", ignore_errors=True)
         heal(project, params)
@@ -859,7 +859,7 @@ def test_keras_files_are_loaded_in_safe_mode(tmp_path: Path, monkeypatch):
     import tf_keras as keras
 
     from pipeline.core.cli import PipelineError
-    from pipeline.ml.models import load_keras
+    from pipeline.ml.artifacts import load_keras
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("PWNED_MARKER", str(marker))

@@ -13,20 +13,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.core import layout, tracking
-from pipeline.core.cli import run_stage, stage_args
+from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, write_text
 from pipeline.core.outputs import CompressReport, Lineage, unmet
-from pipeline.core.params import Params, flatten, load_params
-from pipeline.core.timing import StageTimer
+from pipeline.core.params import Params, flatten
+from pipeline.core.stage import open_stage_run, start
 from pipeline.data.prepared import Prepared, load_prepared
 
 REPORT_FILES = (".json", ".md", "_tradeoff.png", "_tradeoff.csv")  # reports/compress/<name>*
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = stage_args("compress", __doc__, argv, layout.MODEL_NAMES)
-    params, name = load_params(args.params), args.model
-    timer = StageTimer(f"compress@{name}")
+    params, name, timer = start("compress", __doc__, argv, per_family=True)
     with timer.phase("data"):
         prepared = load_prepared()
         lineage = Lineage.of(layout.model_dir(name))
@@ -35,10 +33,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with timer.phase("data"):
         model = load_keras(layout.model_file(name))
     with contextlib.ExitStack() as stack:
-        with timer.phase("logging"):
-            tags = {"model_family": name}
-            run = stack.enter_context(tracking.stage_run(lineage.run_id, "compress", tags))
-            tracking.log_params(run, {"seed": params.seed, **flatten(params.compress, "compress")})
+        logged = {"seed": params.seed, **flatten(params.compress, "compress")}
+        run = open_stage_run(stack, timer, lineage.run_id, "compress", name, logged)
         with timer.phase("compute"):
             variants, report = compress(name, model, params, prepared)
         with timer.phase("outputs"):

@@ -18,18 +18,16 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import layout, tracking
-from pipeline.core.cli import run_stage, stage_args
+from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path
 from pipeline.core.outputs import EvaluateReport, EvaluateSpeed, Lineage, unmet
-from pipeline.core.params import Params, flatten, load_params
-from pipeline.core.timing import StageTimer
+from pipeline.core.params import Params, flatten
+from pipeline.core.stage import open_stage_run, start
 from pipeline.data.prepared import Prepared, load_prepared
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = stage_args("evaluate", __doc__, argv, layout.MODEL_NAMES)
-    params, name = load_params(args.params), args.model
-    timer = StageTimer(f"evaluate@{name}")
+    params, name, timer = start("evaluate", __doc__, argv, per_family=True)
     with timer.phase("data"):
         prepared = load_prepared()
         lineage = Lineage.of(layout.model_dir(name))
@@ -37,10 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with timer.phase("data"):  # every model file is checked before any work
         model, variants = load_models(name)
     with contextlib.ExitStack() as stack:
-        with timer.phase("logging"):
-            tags = {"model_family": name}
-            run = stack.enter_context(tracking.stage_run(lineage.run_id, "evaluate", tags))
-            tracking.log_params(run, {"seed": params.seed, **flatten(params.evaluate, "evaluate")})
+        logged = {"seed": params.seed, **flatten(params.evaluate, "evaluate")}
+        run = open_stage_run(stack, timer, lineage.run_id, "evaluate", name, logged)
         with timer.phase("compute"):
             report, speed, grid = evaluate(name, model, variants, prepared, params)
         with timer.phase("outputs"):

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import layout, tracking
-from pipeline.core.cli import run_stage, stage_args
+from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, history_csv
 from pipeline.core.outputs import GanMetrics, Lineage
-from pipeline.core.params import Params, flatten, load_params
-from pipeline.core.timing import StageTimer
+from pipeline.core.params import Params, flatten
+from pipeline.core.stage import start
 from pipeline.data.prepared import load_prepared
 from pipeline.data.validation_results import require_validated
 from pipeline.ml.artifacts import load_keras, save_keras
@@ -27,8 +27,7 @@ from pipeline.ml.gan import TrainedGan, train_and_judge
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    params = load_params(stage_args("gan", __doc__, argv).params)
-    timer = StageTimer("gan")
+    params, _, timer = start("gan", __doc__, argv)
     with timer.phase("data"):
         prepared = load_prepared()
         require_validated(prepared)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.core.cli import run_stage, stage_args
+from pipeline.core.cli import run_stage
 from pipeline.core.layout import PREPARED_DIR
-from pipeline.core.params import load_params
-from pipeline.core.timing import StageTimer
+from pipeline.core.stage import start
 from pipeline.data.prepared import prepare, write_prepared
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    timer = StageTimer("ingest")
-    params = load_params(stage_args("ingest", __doc__, argv).params)
+    params, _, timer = start("ingest", __doc__, argv)
     with timer.phase("data"):
         prepared = prepare(params.data, params.seed)
     with timer.phase("outputs"):

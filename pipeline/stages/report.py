@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import layout
-from pipeline.core.cli import PipelineError, run_stage, stage_args
+from pipeline.core.cli import PipelineError, run_stage
 from pipeline.core.io import read_json, write_text
 from pipeline.core.outputs import (
     CompressReport,
@@ -26,15 +26,14 @@ from pipeline.core.outputs import (
     TrainMetrics,
     unmet,
 )
-from pipeline.core.params import Params, flatten, load_params
+from pipeline.core.params import Params, flatten
 from pipeline.core.provenance import git_state, package_versions
-from pipeline.core.timing import StageTimer
+from pipeline.core.stage import start
 from pipeline.data.validation_results import failures
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    timer = StageTimer("report")
-    params = load_params(stage_args("report", __doc__, argv).params)
+    params, _, timer = start("report", __doc__, argv)
     with timer.phase("data"):
         page = context(params)
     with timer.phase("outputs"):

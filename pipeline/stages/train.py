@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import layout, tracking
-from pipeline.core.cli import run_stage, stage_args
+from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, history_csv
 from pipeline.core.outputs import Lineage, TrainMetrics
-from pipeline.core.params import Params, load_params
-from pipeline.core.timing import StageTimer
+from pipeline.core.params import Params
+from pipeline.core.stage import start
 from pipeline.data.prepared import Prepared, load_prepared
 from pipeline.data.validation_results import require_validated
 from pipeline.ml.classifier import checkpoint_dir, lineage_params, train_classifier
@@ -26,9 +26,7 @@ from pipeline.ml.distribute import cluster_task, is_chief
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = stage_args("train", __doc__, argv, layout.MODEL_NAMES)
-    params, name = load_params(args.params), args.model
-    timer = StageTimer(f"train@{name}")
+    params, name, timer = start("train", __doc__, argv, per_family=True)
     with timer.phase("data"):
         prepared = load_prepared()
         require_validated(prepared)

@@ -12,17 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.cli import PipelineError, run_stage, stage_args
+from pipeline.core.cli import PipelineError, run_stage
 from pipeline.core.io import atomic_path, write_json, write_text
 from pipeline.core.layout import PREPARED_DIR, REJECTED_DIR, SUITE, VALIDATION_DIR
-from pipeline.core.params import load_params
-from pipeline.core.timing import StageTimer
+from pipeline.core.stage import start
 from pipeline.data.prepared import load_prepared
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    timer = StageTimer("validate")
-    params = load_params(stage_args("validate", __doc__, argv).params)
+    params, _, timer = start("validate", __doc__, argv)
     with timer.phase("data"):
         prepared = load_prepared(PREPARED_DIR)
     with timer.phase("imports"):

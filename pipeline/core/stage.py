@@ -1,0 +1,46 @@
+"""What every stage's main() does first: parse its arguments, load and check params, start the
+clock of its time split."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from pipeline.core.cli import stage_args
+from pipeline.core.layout import MODEL_NAMES
+from pipeline.core.params import Params, load_params
+from pipeline.core.timing import StageTimer
+
+
+class StageStart(NamedTuple):
+    params: Params
+    name: str  # the family of a per-family stage (`--model`), else the stage's own name
+    timer: StageTimer
+
+
+def start(
+    stage: str, description: str | None, argv: Sequence[str] | None, per_family: bool = False
+) -> StageStart:
+    args = stage_args(stage, description, argv, MODEL_NAMES if per_family else ())
+    params = load_params(args.params)  # bad params stop the stage here, in one line
+    name = args.model if per_family else stage
+    return StageStart(params, name, StageTimer(f"{stage}@{name}" if per_family else stage))
+
+
+def open_stage_run(
+    stack: contextlib.ExitStack,
+    timer: StageTimer,
+    lineage_run: str,
+    stage: str,
+    family: str,
+    params: Mapping[str, Any],
+) -> str:
+    """A child run of the model's lineage run for this execution of `stage`, open until `stack`
+    closes, with its params logged; the time it takes counts as logging."""
+    from pipeline.core import tracking  # MLflow: only the stages that log pay its import
+
+    with timer.phase("logging"):
+        run = stack.enter_context(tracking.stage_run(lineage_run, stage, {"model_family": family}))
+        tracking.log_params(run, params)
+    return run
