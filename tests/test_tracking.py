@@ -108,3 +108,35 @@ def test_logged_folders_keep_their_name(store: str, tmp_path: Path):
         "gan/losses.csv",
     }
     assert [a.path for a in client.list_artifacts(run_id, "gan/samples")] == ["gan/samples/a.png"]
+
+
+def test_the_logged_model_names_the_tensorflow_wheel_that_is_installed():
+    from importlib.metadata import version
+
+    assert tracking.tensorflow_requirement() == f"tensorflow-cpu=={version('tensorflow-cpu')}"
+
+
+@pytest.mark.parametrize("wheel", ["tensorflow", "tensorflow-cpu"])
+def test_the_tensorflow_requirement_is_found_with_either_wheel(monkeypatch, wheel: str):
+    """After the README's GPU instructions only `tensorflow` is installed, not `tensorflow-cpu`:
+    the lookup must find whichever distribution is there."""
+    from importlib.metadata import PackageNotFoundError
+
+    def installed(name: str) -> str:
+        if name != wheel:
+            raise PackageNotFoundError(name)
+        return "2.21.0"
+
+    monkeypatch.setattr(tracking, "version", installed)
+    assert tracking.tensorflow_requirement() == f"{wheel}==2.21.0"
+
+
+def test_no_tensorflow_distribution_is_one_line(monkeypatch):
+    from importlib.metadata import PackageNotFoundError
+
+    def missing(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(tracking, "version", missing)
+    with pytest.raises(PipelineError, match="TensorFlow is not installed"):
+        tracking.tensorflow_requirement()

@@ -6,8 +6,9 @@ this module). Paths only: this module imports nothing, so every other one may us
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
-MODEL_NAMES = ("fnn", "cnn", "lstm")  # the classifier families, one DVC stage each
+MODEL_NAMES: Final = ("fnn", "cnn", "lstm")  # the classifier families, one DVC stage each
 
 # ingest -> data/prepared/
 PREPARED_DIR = Path("data/prepared")

@@ -148,8 +148,12 @@ class TrainParams(Strict):
     cnn: CNNParams = CNNParams()
     lstm: LSTMParams = LSTMParams()
 
-    def model(self, name: ModelName) -> FNNParams | CNNParams | LSTMParams:
-        return getattr(self, name)
+    def model(self, name: str) -> FNNParams | CNNParams | LSTMParams:
+        """The block of family `name` (one of MODEL_NAMES)."""
+        if name not in MODEL_NAMES:
+            raise PipelineError(f"train: no model family {name!r}; expected one of {MODEL_NAMES}")
+        block: FNNParams | CNNParams | LSTMParams = getattr(self, name)
+        return block
 
 
 class AdamParams(Strict):
@@ -239,7 +243,7 @@ class PromoteParams(Strict):
     """Blessing, as TFX's Evaluator does it: a candidate becomes `champion` only if it meets
     every absolute threshold and falls no more than `tolerance` below the current champion."""
 
-    models: list[ModelName] = Field(default_factory=lambda: list(MODEL_NAMES), min_length=1)
+    models: list[ModelName] = Field(default_factory=lambda: list(get_args(ModelName)), min_length=1)
     min_accuracy: float = Field(0.97, ge=0, le=1)  # test accuracy
     min_robust_accuracy: float = Field(0.4, ge=0, le=1)  # PGD at evaluate.robust_epsilon
     max_model_bytes: int = Field(20_000_000, ge=1)  # the saved Keras model, as served

@@ -32,7 +32,8 @@ class Prepared:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["image_shape"])  # type: ignore[return-value]
+        height, width, channels = self.manifest["image_shape"]
+        return int(height), int(width), int(channels)
 
     @property
     def content_hash(self) -> str:

@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from tokenize import TokenError
-from typing import BinaryIO
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from pipeline.core.cli import PipelineError, first_line
 SPLITS = ("train", "val", "test")
 
 # The IDX header's type byte: https://yann.lecun.com/exdb/mnist/ (big-endian data).
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),
     0x09: np.dtype("i1"),
     0x0B: np.dtype(">i2"),
@@ -163,7 +163,7 @@ def _read_npy(archive: zipfile.ZipFile, name: str) -> np.ndarray:
         data = _read_at_most(member, size + 1)
     if len(data) != size:
         raise ValueError(f"{name}: header promises {size} data bytes, found {len(data)}")
-    order = "F" if fortran_order else "C"
+    order: Literal["C", "F"] = "F" if fortran_order else "C"
     return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
 
 
@@ -173,7 +173,11 @@ def _too_large(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return math.prod(max(n, 1) for n in shape) * dtype.itemsize > MAX_ARRAY_BYTES
 
 
-def _read_at_most(stream: BinaryIO, limit: int) -> bytearray:
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _read_at_most(stream: Readable, limit: int) -> bytearray:
     """Up to `limit` bytes, read in steps: memory grows with the data, not with a claimed size."""
     data = bytearray()
     while len(data) < limit and (chunk := stream.read(min(limit - len(data), _CHUNK))):

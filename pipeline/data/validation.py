@@ -62,7 +62,7 @@ def suite_parameters(prepared: Prepared, p: ValidateParams) -> dict[str, Any]:
     # valid partition (weights sum to 1) even for data that fails the other expectations.
     values, counts = np.unique(prepared["train"][1], return_counts=True)
     if len(values) == 0:  # empty train split: the row-count expectation reports it
-        values, counts = np.array(classes), np.ones(len(classes))
+        values, counts = np.array(classes), np.ones(len(classes), dtype=np.int64)
     return {
         "classes": classes,
         "min_rows": p.min_rows_per_split,
@@ -93,7 +93,7 @@ def run_suite(
     tables: dict[str, pd.DataFrame],
     parameters: dict[str, Any],
     docs_dir: Path | None = None,
-    suite: Path = SUITE,
+    suite_path: Path = SUITE,
 ) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """Validate each split's table with GX Core; optionally build Data Docs into docs_dir.
 
@@ -118,7 +118,8 @@ def run_suite(
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
                 # The suite page renders placeholders, not values, and GX's KL-divergence
                 # renderer fails on an unresolved partition: the validation pages show both.
-                "site_section_builders": {"expectations": "None"},
+                # GX reads this key, though its TypedDict of site configs does not list it.
+                "site_section_builders": {"expectations": "None"},  # type: ignore[typeddict-unknown-key]
             },
         )
     batch = (
@@ -129,7 +130,7 @@ def run_suite(
     try:
         suite = context.suites.add(gx.ExpectationSuite(**_suite_kwargs(suite_json)))
     except Exception as error:
-        raise PipelineError(f"{suite}: invalid expectation suite ({error})") from None
+        raise PipelineError(f"{suite_path}: invalid expectation suite ({error})") from None
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="prepared_images", data=batch, suite=suite)
     )

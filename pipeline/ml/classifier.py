@@ -28,7 +28,7 @@ def lineage_params(params: Params, name: str) -> dict[str, Any]:
         "seed": params.seed,
         **flatten(params.data, "data"),
         **flatten(params.train.common, "train"),
-        **flatten(params.train.model(name), "model"),  # type: ignore[arg-type]
+        **flatten(params.train.model(name), "model"),
     }
 
 
@@ -84,13 +84,13 @@ def train_classifier(
     )
 
     common = params.train.common
-    block = params.train.model(name)  # type: ignore[arg-type]
+    block = params.train.model(name)
     image_shape = splits["train"][0].shape[1:]
     strategy = make_strategy(common.distribute)  # first: it sets up the devices
     make_deterministic(params.seed)
 
     def build() -> Any:
-        return build_classifier(name, params.train, image_shape, num_classes)  # type: ignore[arg-type]
+        return build_classifier(name, params.train, image_shape, num_classes)
 
     with precision(common.mixed_precision), strategy.scope():
         trained = build()

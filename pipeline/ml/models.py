@@ -6,6 +6,8 @@ later stages (compress, evaluate, serving) treat all families alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tf_keras as keras
 
@@ -16,7 +18,6 @@ from pipeline.core.params import (
     GanParams,
     LayerParams,
     LSTMParams,
-    ModelName,
     OptimizerParams,
     TrainParams,
 )
@@ -113,13 +114,17 @@ def build_lstm(p: LSTMParams, input_shape: tuple[int, ...], num_classes: int) ->
     return keras.Model(inputs, _classifier_head(x, num_classes), name="lstm")
 
 
-BUILDERS = {"fnn": build_fnn, "cnn": build_cnn, "lstm": build_lstm}
+BUILDERS: dict[str, Callable[..., keras.Model]] = {
+    "fnn": build_fnn,
+    "cnn": build_cnn,
+    "lstm": build_lstm,
+}
 
 
 def build_classifier(
-    name: ModelName, train: TrainParams, input_shape: tuple[int, ...], num_classes: int
+    name: str, train: TrainParams, input_shape: tuple[int, ...], num_classes: int
 ) -> keras.Model:
-    return BUILDERS[name](train.model(name), input_shape, num_classes)  # type: ignore[operator]
+    return BUILDERS[name](train.model(name), input_shape, num_classes)
 
 
 def build_optimizer(p: OptimizerParams) -> keras.optimizers.Optimizer:

@@ -56,7 +56,7 @@ def compress(
 
     p, classes = params.compress, prepared.num_classes
     # The same architecture without batch norm, for folding before pruning-preserving QAT.
-    block = params.train.model(name).model_copy(update={"batch_norm": False})  # type: ignore[arg-type]
+    block = params.train.model(name).model_copy(update={"batch_norm": False})
     plain = params.train.model_copy(update={name: block})
     variants = make_variants(
         model,
@@ -65,7 +65,7 @@ def compress(
         params.train.common,
         classes,
         params.seed,
-        build_plain=lambda: build_classifier(name, plain, prepared.image_shape, classes),  # type: ignore[arg-type]
+        build_plain=lambda: build_classifier(name, plain, prepared.image_shape, classes),
     )
     keras_file = layout.model_file(name)
     measured = measure(

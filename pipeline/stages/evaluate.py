@@ -40,12 +40,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         with timer.phase("compute"):
             report, speed, grid = evaluate(name, model, variants, prepared, params)
         with timer.phase("outputs"):
-            speed = write_outputs(name, report, speed, grid, prepared["test"], model, started)
+            timed = write_outputs(name, report, speed, grid, prepared["test"], model, started)
         outputs = [layout.evaluate_dir(name), layout.evaluate_report(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
-            log_evaluation(run, lineage.run_id, name, report, speed)
+            log_evaluation(run, lineage.run_id, name, report, timed)
         timer.finish(functools.partial(tracking.log_metrics, lineage.run_id))
-    print(summary(name, report, speed, params.evaluate.robust_epsilon))
+    print(summary(name, report, timed, params.evaluate.robust_epsilon))
 
 
 def load_models(name: str) -> tuple[Any, dict[str, tuple[Any, Any, str]]]:
@@ -110,7 +110,7 @@ def write_outputs(
         for filename, text in plot_tables(measured, y, predicted).items():
             (staging / filename).write_text(text, encoding="utf-8")
         write_figures(staging, name, measured, grid)
-    timed = EvaluateSpeed(**speed, wall_time_s=time.perf_counter() - started)
+    timed = EvaluateSpeed.model_validate({**speed, "wall_time_s": time.perf_counter() - started})
     report.write(layout.evaluate_report(name))
     timed.write(layout.evaluate_speed(name))
     return timed

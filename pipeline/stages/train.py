@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def lineage_tags(name: str, params: Params, prepared: Prepared) -> dict[str, Any]:
-    block = params.train.model(name)  # type: ignore[arg-type]
+    block = params.train.model(name)
     return {
         **tracking.data_tags(prepared.manifest, params.seed, params.mlflow.tags),
         "model_family": name,
