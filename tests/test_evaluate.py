@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline.core.outputs import LineageMetric
 from pipeline.core.params import EvaluateParams, TrainCommon, parse_params
 from pipeline.ml.compression import to_tflite
 from pipeline.ml.evaluation import (
@@ -149,8 +150,13 @@ def test_outputs_for_dvc_plots_figures_and_mlflow(evaluated, cnn, digits, tmp_pa
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     speed = keras_speed(cnn, x, QUICK)
     assert speed["latency_ms_batch1"] > 0 and speed["throughput_per_s_large_batch"] > 0
-    metrics = headline_metrics(report, speed)
+    metrics = headline_metrics({**report, "model_bytes": 1234}, speed)
     assert metrics["evaluate.pgd.eps_0.1"] == report["adversarial"]["robust_accuracy"]
+    # The names promotion reads back from the lineage runs are among them, with their values.
+    assert metrics[LineageMetric.ACCURACY] == report["clean"]["accuracy"]
+    assert metrics[LineageMetric.ROBUST_ACCURACY] == report["adversarial"]["robust_accuracy"]
+    assert metrics[LineageMetric.LATENCY] == speed["latency_ms_batch1"]
+    assert metrics[LineageMetric.SIZE] == 1234.0
     assert metrics["evaluate.int8.transferred_pgd.eps_0.1"] < 1.0
     json.dumps(report)  # the report is plain JSON
 

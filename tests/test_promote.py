@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.outputs import Check
 from pipeline.core.params import PromoteParams
 from pipeline.tools.promote import (
     ACCURACY,
@@ -17,6 +18,7 @@ from pipeline.tools.promote import (
     LATENCY,
     ROBUST_ACCURACY,
     SIZE,
+    Blessing,
     bless,
     promote_family,
     validated,
@@ -28,17 +30,18 @@ RULES = PromoteParams(
 GOOD = {ACCURACY: 0.95, ROBUST_ACCURACY: 0.5, SIZE: 500.0, LATENCY: 1.0}
 
 
-def reasons(checks: list[dict]) -> list[str]:
-    return [c["reason"] for c in checks if not c["passed"]]
+def failed(blessing: Blessing) -> list[str]:
+    return [blessing.reasons[name] for name, c in blessing.checks.items() if not c.met]
 
 
 def test_first_candidate_meeting_every_threshold_is_blessed():
-    blessed, checks = bless(GOOD, None, RULES)
-    assert blessed and len(checks) == 4 and not reasons(checks)
+    blessing = bless(GOOD, None, RULES)
+    assert blessing.blessed and len(blessing.checks) == 4 and not failed(blessing)
+    assert blessing.checks["accuracy"] == Check(value=0.95, bound=0.9, met=True)
 
 
 @pytest.mark.parametrize(
-    ("metric", "value", "failed"),
+    ("metric", "value", "reason"),
     [
         (ACCURACY, 0.85, "accuracy 0.85 fails >= 0.9"),
         (ROBUST_ACCURACY, 0.2, "robust_accuracy 0.2 fails >= 0.3"),
@@ -46,24 +49,24 @@ def test_first_candidate_meeting_every_threshold_is_blessed():
         (LATENCY, 9.5, "latency_ms 9.5 fails <= 5"),
     ],
 )
-def test_each_absolute_threshold_can_refuse(metric, value, failed):
-    blessed, checks = bless({**GOOD, metric: value}, None, RULES)
-    assert not blessed and reasons(checks) == [failed]
+def test_each_absolute_threshold_can_refuse(metric, value, reason):
+    blessing = bless({**GOOD, metric: value}, None, RULES)
+    assert not blessing.blessed and failed(blessing) == [reason]
 
 
 def test_worse_than_the_champion_beyond_the_tolerance_is_refused():
     champion = {**GOOD, ACCURACY: 0.97}
-    blessed, checks = bless({**GOOD, ACCURACY: 0.96}, champion, RULES)  # tolerance 0.005
-    assert not blessed
-    assert reasons(checks) == ["accuracy_vs_champion 0.96 fails >= 0.965"]
-    blessed, _ = bless({**GOOD, ACCURACY: 0.966}, champion, RULES)
-    assert blessed  # within the tolerance
+    blessing = bless({**GOOD, ACCURACY: 0.96}, champion, RULES)  # tolerance 0.005
+    assert not blessing.blessed
+    assert failed(blessing) == ["accuracy_vs_champion 0.96 fails >= 0.965"]
+    assert bless({**GOOD, ACCURACY: 0.966}, champion, RULES).blessed  # within the tolerance
 
 
 def test_a_metric_that_was_never_measured_refuses():
     candidate = {k: v for k, v in GOOD.items() if k != ROBUST_ACCURACY}
-    blessed, checks = bless(candidate, None, RULES)
-    assert not blessed and "robust_accuracy: not measured" in reasons(checks)[0]
+    blessing = bless(candidate, None, RULES)
+    assert not blessing.blessed and "robust_accuracy: not measured" in failed(blessing)[0]
+    assert blessing.checks["robust_accuracy"] == Check(value=None, bound=0.3, met=False)
 
 
 def test_only_validated_data_counts():
@@ -101,25 +104,24 @@ def test_registry_keeps_the_champion_against_a_worse_candidate(tmp_path, monkeyp
 
     first = candidate(tmp_path, "cnn", 0.95)
     decision = promote_family("cnn", "digits", RULES, validation)
-    assert decision["decision"] == CHAMPION and decision["version"] == "1"
-    assert any("no champion yet" in r for r in decision["reasons"])
+    assert decision.decision == CHAMPION and decision.version == "1"
+    assert any("no champion yet" in r for r in decision.reasons)
     assert client.get_model_version_by_alias("digits-cnn", CHAMPION).run_id == first
 
     worse = candidate(tmp_path, "cnn", 0.93)
     decision = promote_family("cnn", "digits", RULES, validation)
-    assert decision["decision"] == CHALLENGER and decision["version"] == "2"
-    assert decision["reasons"] == ["accuracy_vs_champion 0.93 fails >= 0.945"]
+    assert decision.decision == CHALLENGER and decision.version == "2"
+    assert decision.reasons == ["accuracy_vs_champion 0.93 fails >= 0.945"]
+    assert decision.checks["accuracy_vs_champion"].met is False
     assert client.get_model_version_by_alias("digits-cnn", CHAMPION).run_id == first
     assert client.get_model_version_by_alias("digits-cnn", CHALLENGER).run_id == worse
     assert client.get_run(worse).data.tags["promotion.decision"] == CHALLENGER
 
     better = candidate(tmp_path, "cnn", 0.97)
-    assert promote_family("cnn", "digits", RULES, validation)["decision"] == CHAMPION
+    assert promote_family("cnn", "digits", RULES, validation).decision == CHAMPION
     assert client.get_model_version_by_alias("digits-cnn", CHAMPION).run_id == better
     again = promote_family("cnn", "digits", RULES, validation)
-    assert again["version"] == "3" and again["reasons"] == [
-        "already the champion: nothing to compare"
-    ]
+    assert again.version == "3" and again.reasons == ["already the champion: nothing to compare"]
     assert len(client.search_model_versions("name = 'digits-cnn'")) == 3
 
 
@@ -131,5 +133,5 @@ def test_unvalidated_data_registers_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     candidate(tmp_path, "fnn", 0.99, data_hash="other")
     decision = promote_family("fnn", "digits", RULES, {"success": True, "content_hash": "h"})
-    assert decision["decision"] == "rejected" and decision["version"] is None
+    assert decision.decision == "rejected" and decision.version is None
     assert MlflowClient(uri).search_registered_models() == []

@@ -54,9 +54,9 @@ class Output(BaseModel):
 
 class Check(Output):
     """A measured value against its bound; `variant` names the model it was measured on where a
-    stage measures several."""
+    stage measures several. A value never measured (None) does not meet its bound."""
 
-    value: float
+    value: float | None
     bound: float
     met: bool
     variant: str | None = None
@@ -283,22 +283,36 @@ class EvaluateSpeed(Output):
 # --- promote ----------------------------------------------------------------------------------
 
 
-class Decision(Output):
-    """One family's promotion decision, as reports/promotion.json lists them."""
+class LineageMetric:
+    """Names of the headline metrics that evaluate copies onto each lineage run, and that
+    promotion reads back from the registry's runs (the candidate's and the champion's)."""
 
-    family: str
-    registered_model: str
+    ACCURACY = "evaluate.accuracy"
+    ROBUST_ACCURACY = "evaluate.robust_accuracy"
+    LATENCY = "evaluate.latency_ms_batch1"
+    SIZE = "evaluate.model_bytes"
+
+
+class RegistryVersion(Output):
     version: str
     run_id: str
-    blessed: bool
-    alias: str
-    checks: Checks
+
+
+class Decision(Output):
+    """One family's promotion decision: `champion`, `challenger` or `rejected`, with every
+    check the candidate faced and the reasons in words."""
+
+    registered_model: str
+    candidate_run_id: str
+    decision: Literal["champion", "challenger", "rejected"]
+    version: str | None
+    previous_champion: RegistryVersion | None = None
+    checks: Checks = Field(default_factory=dict)
     reasons: list[str]
-    champion_before: str | None
 
 
 class Promotion(Output):
-    """reports/promotion.json."""
+    """reports/promotion.json: the thresholds in force and each family's decision."""
 
-    experiment: str
-    decisions: list[Decision]
+    thresholds: dict[str, Any]
+    models: dict[str, Decision]

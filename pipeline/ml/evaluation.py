@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.outputs import severity_key
+from pipeline.core.outputs import LineageMetric, severity_key
 from pipeline.core.params import EvaluateParams, EvaluateTargets
 
 Predict = Callable[[np.ndarray], np.ndarray]  # images -> class probabilities
@@ -263,10 +263,10 @@ def headline_metrics(report: dict[str, Any], speed: dict[str, float]) -> dict[st
     """Family-neutral names (`evaluate.pgd.eps_0.1`) for the lineage run's compare view."""
     clean, adversarial = report["clean"], report["adversarial"]
     metrics = {
-        "evaluate.accuracy": clean["accuracy"],
+        LineageMetric.ACCURACY: clean["accuracy"],
         "evaluate.macro_f1": clean["macro_f1"],
         "evaluate.ece": clean["ece"],
-        "evaluate.robust_accuracy": adversarial["robust_accuracy"],
+        LineageMetric.ROBUST_ACCURACY: adversarial["robust_accuracy"],
         "evaluate.corruption_accuracy_mean": mean_curve_accuracy(report["corruptions"]),
         "evaluate.ig_completeness_error_max": report["explanations"]["ig_completeness_error"][
             "max"
@@ -287,9 +287,9 @@ def headline_metrics(report: dict[str, Any], speed: dict[str, float]) -> dict[st
         metrics[
             f"evaluate.{name}.transferred_pgd.eps_{severity_key(adversarial['robust_epsilon'])}"
         ] = variant["transferred_attacks"]["pgd"][severity_key(adversarial["robust_epsilon"])]
-    metrics.update({f"evaluate.{k}": float(v) for k, v in speed.items()})
+    metrics.update({f"evaluate.{k}": float(v) for k, v in speed.items()})  # LATENCY among them
     if "model_bytes" in report:
-        metrics["evaluate.model_bytes"] = float(report["model_bytes"])
+        metrics[LineageMetric.SIZE] = float(report["model_bytes"])
     return metrics
 
 
