@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.tools.sweep import best, main, varying
+from pipeline.tools.sweep import SweepRun, best, main, varying
 
 
 def log_run(name: str, tags: dict[str, str], params: dict[str, str], accuracy: float) -> None:
@@ -61,9 +61,9 @@ def test_unknown_sweep_or_metric_is_one_clear_error(store: Path):
 
 def test_axes_are_the_params_that_vary():
     runs = [
-        {"params": {"a": "1", "b": "x", "only_here": "1"}, "metrics": {"m": 1.0}},
-        {"params": {"a": "2", "b": "x"}, "metrics": {"m": 0.5}},
+        SweepRun(params={"a": "1", "b": "x", "only_here": "1"}, metrics={"m": 1.0}),
+        SweepRun(params={"a": "2", "b": "x"}, metrics={"m": 0.5}),
     ]
     assert varying(runs) == ["a"]
-    assert best(runs, "m")["params"]["a"] == "1"
-    assert best(runs, "m", lowest=True)["params"]["a"] == "2"
+    assert best(runs, "m").params["a"] == "1"
+    assert best(runs, "m", lowest=True).params["a"] == "2"

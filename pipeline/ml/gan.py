@@ -169,7 +169,9 @@ def probe_accuracy(
     seed: int,
 ) -> float:
     """Accuracy on `test` of a small CNN fitted on `train` (the GAN-train/GAN-test probe)."""
-    small = TrainParams(cnn=CNNParams(filters=[16, 32], dense_units=[64], dropout=0.25))
+    # No batch norm: the probe stays the small plain CNN, whatever the CNN family's defaults.
+    probe = CNNParams(filters=[16, 32], dense_units=[64], dropout=0.25, batch_norm=False)
+    small = TrainParams(cnn=probe)
     common = TrainCommon(epochs=p.probe_epochs, batch_size=64, early_stopping_patience=5)
     make_deterministic(seed)
     model = build_classifier("cnn", small, train[0].shape[1:], num_classes)

@@ -12,30 +12,44 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.core import tracking
 from pipeline.core.cli import PipelineError, run_stage
 from pipeline.core.params import MODEL_NAMES, load_params
 
 
-def varying(runs: Sequence[dict[str, Any]]) -> list[str]:
+class SweepRun(BaseModel):
+    """One lineage run of a sweep: its DVC experiment, family, params and latest metrics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str = "-"
+    status: str = "-"
+    experiment: str = "-"
+    model: str = "-"
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def varying(runs: Sequence[SweepRun]) -> list[str]:
     """The param keys, common to all runs, whose values differ between them: the sweep's axes
     (a family's own keys, `model.filters` say, only vary when one family is asked for)."""
-    keys = sorted(set.intersection(*(set(run["params"]) for run in runs))) if runs else []
-    return [key for key in keys if len({run["params"][key] for run in runs}) > 1]
+    keys = sorted(set.intersection(*(set(run.params) for run in runs))) if runs else []
+    return [key for key in keys if len({run.params[key] for run in runs}) > 1]
 
 
-def best(runs: Sequence[dict[str, Any]], metric: str, lowest: bool = False) -> dict[str, Any]:
-    scored = [run for run in runs if metric in run["metrics"]]
+def best(runs: Sequence[SweepRun], metric: str, lowest: bool = False) -> SweepRun:
+    scored = [run for run in runs if metric in run.metrics]
     if not scored:
         raise PipelineError(f"no run of the sweep has the metric '{metric}'")
     pick = min if lowest else max
-    return pick(scored, key=lambda run: run["metrics"][metric])
+    return pick(scored, key=lambda run: run.metrics[metric])
 
 
-def sweep_runs(experiment: str, sweep: str, model: str | None) -> list[dict[str, Any]]:
-    """The sweep's lineage runs (not the stages' child runs) as plain dicts."""
+def sweep_runs(experiment: str, sweep: str, model: str | None) -> list[SweepRun]:
+    """The sweep's lineage runs (not the stages' child runs)."""
     client = tracking.open_store(tracking.tracking_uri())
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -44,30 +58,30 @@ def sweep_runs(experiment: str, sweep: str, model: str | None) -> list[dict[str,
     query = f"tags.sweep = '{quoted}'" + (f" and tags.model_family = '{model}'" if model else "")
     runs = client.search_runs([found.experiment_id], query, max_results=5000)
     return [
-        {
-            "run_id": run.info.run_id,
-            "status": run.info.status,
-            "experiment": run.data.tags.get("dvc_experiment", "-"),
-            "model": run.data.tags.get("model_family", "-"),
-            "params": dict(run.data.params),
-            "metrics": dict(run.data.metrics),
-        }
+        SweepRun(
+            run_id=run.info.run_id,
+            status=run.info.status,
+            experiment=run.data.tags.get("dvc_experiment", "-"),
+            model=run.data.tags.get("model_family", "-"),
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+        )
         for run in runs
         if "mlflow.parentRunId" not in run.data.tags
     ]
 
 
-def table(runs: Sequence[dict[str, Any]], metric: str) -> str:
+def table(runs: Sequence[SweepRun], metric: str) -> str:
     axes = varying(runs)
     header = ["experiment", "model", *axes, metric]
     rows = [
         [
-            run["experiment"],
-            run["model"],
-            *(run["params"].get(key, "-") for key in axes),
-            f"{run['metrics'][metric]:.4f}" if metric in run["metrics"] else "-",
+            run.experiment,
+            run.model,
+            *(run.params.get(key, "-") for key in axes),
+            f"{run.metrics[metric]:.4f}" if metric in run.metrics else "-",
         ]
-        for run in sorted(runs, key=lambda r: (r["model"], r["experiment"]))
+        for run in sorted(runs, key=lambda r: (r.model, r.experiment))
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     return "\n".join(
@@ -92,10 +106,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     print(table(runs, args.metric))
     top = best(runs, args.metric, args.lowest)
-    point = ", ".join(f"{key}={top['params'].get(key, '-')}" for key in varying(runs))
+    point = ", ".join(f"{key}={top.params.get(key, '-')}" for key in varying(runs))
     print(
-        f"best by {args.metric}: {top['experiment']} ({top['model']}; {point}) "
-        f"{args.metric}={top['metrics'][args.metric]:.4f}, MLflow run {top['run_id']}"
+        f"best by {args.metric}: {top.experiment} ({top.model}; {point}) "
+        f"{args.metric}={top.metrics[args.metric]:.4f}, MLflow run {top.run_id}"
     )
 
 
