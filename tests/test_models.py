@@ -50,7 +50,12 @@ def test_fnn_layers_follow_params():
 
 
 def test_plain_fnn_has_no_optional_layers():
-    model = build_classifier("fnn", train_params(fnn={"hidden_units": [8]}), (8, 8, 1), 10)
+    model = build_classifier(
+        "fnn",
+        train_params(fnn={"hidden_units": [8], "dropout": 0.0, "batch_norm": False}),
+        (8, 8, 1),
+        10,
+    )
     kinds = {type(layer) for layer in model.layers}
     assert keras.layers.BatchNormalization not in kinds and keras.layers.Dropout not in kinds
 
