@@ -28,19 +28,17 @@ def start(
     return StageStart(params, name, StageTimer(f"{stage}@{name}" if per_family else stage))
 
 
-def open_stage_run(
+def open_run(
     stack: contextlib.ExitStack,
     timer: StageTimer,
-    lineage_run: str,
-    stage: str,
-    family: str,
+    run: contextlib.AbstractContextManager[str],
     params: Mapping[str, Any],
 ) -> str:
-    """A child run of the model's lineage run for this execution of `stage`, open until `stack`
-    closes, with its params logged; the time it takes counts as logging."""
+    """Enter `run` (a model's lineage run, or a stage's child run of it) on `stack`, so that it
+    stays open until the stack closes, and log its params; the time counts as logging."""
     from pipeline.core import tracking  # MLflow: only the stages that log pay its import
 
     with timer.phase("logging"):
-        run = stack.enter_context(tracking.stage_run(lineage_run, stage, {"model_family": family}))
-        tracking.log_params(run, params)
-    return run
+        run_id = stack.enter_context(run)
+        tracking.log_params(run_id, params)
+    return run_id

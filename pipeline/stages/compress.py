@@ -17,7 +17,7 @@ from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, write_text
 from pipeline.core.outputs import CompressReport, Lineage, unmet
 from pipeline.core.params import Params, flatten
-from pipeline.core.stage import open_stage_run, start
+from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
 
 REPORT_FILES = (".json", ".md", "_tradeoff.png", "_tradeoff.csv")  # reports/compress/<name>*
@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = load_keras(layout.model_file(name))
     with contextlib.ExitStack() as stack:
         logged = {"seed": params.seed, **flatten(params.compress, "compress")}
-        run = open_stage_run(stack, timer, lineage.run_id, "compress", name, logged)
+        child = tracking.stage_run(lineage.run_id, "compress", {"model_family": name})
+        run = open_run(stack, timer, child, logged)
         with timer.phase("compute"):
             variants, report = compress(name, model, params, prepared)
         with timer.phase("outputs"):

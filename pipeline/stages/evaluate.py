@@ -22,7 +22,7 @@ from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path
 from pipeline.core.outputs import EvaluateReport, EvaluateSpeed, Lineage, unmet
 from pipeline.core.params import Params, flatten
-from pipeline.core.stage import open_stage_run, start
+from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
 
 
@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, variants = load_models(name)
     with contextlib.ExitStack() as stack:
         logged = {"seed": params.seed, **flatten(params.evaluate, "evaluate")}
-        run = open_stage_run(stack, timer, lineage.run_id, "evaluate", name, logged)
+        child = tracking.stage_run(lineage.run_id, "evaluate", {"model_family": name})
+        run = open_run(stack, timer, child, logged)
         with timer.phase("compute"):
             report, speed, grid = evaluate(name, model, variants, prepared, params)
         with timer.phase("outputs"):

@@ -19,8 +19,8 @@ from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, history_csv
 from pipeline.core.outputs import GanMetrics, Lineage
 from pipeline.core.params import Params, flatten
-from pipeline.core.stage import start
-from pipeline.data.prepared import load_prepared
+from pipeline.core.stage import open_run, start
+from pipeline.data.prepared import Prepared, load_prepared
 from pipeline.data.validation_results import require_validated
 from pipeline.ml.artifacts import load_keras, save_keras
 from pipeline.ml.gan import TrainedGan, train_and_judge
@@ -33,11 +33,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         require_validated(prepared)
         classifier = load_keras(layout.model_file(layout.JUDGE))
     with contextlib.ExitStack() as stack:
-        with timer.phase("logging"):
-            tags = lineage_tags(params, prepared.manifest)
-            run = stack.enter_context(tracking.lineage_run(params.experiment_name, "gan", tags))
-            tracking.log_params(run, lineage_params(params))
-            lineage = Lineage(run_id=run, experiment=params.experiment_name)
+        opening = tracking.lineage_run(
+            params.experiment_name, "gan", lineage_tags(params, prepared)
+        )
+        run = open_run(stack, timer, opening, lineage_params(params))
+        lineage = Lineage(run_id=run, experiment=params.experiment_name)
         with atomic_path(layout.GAN_DIR) as staging:  # models/gan/ appears whole or not at all
             with timer.phase("compute"):
                 splits, classes = prepared.splits, prepared.num_classes
@@ -56,10 +56,10 @@ def lineage_params(params: Params) -> dict[str, Any]:
     return {"seed": params.seed, **flatten(params.data, "data"), **flatten(params.gan, "gan")}
 
 
-def lineage_tags(params: Params, manifest: dict[str, Any]) -> dict[str, Any]:
+def lineage_tags(params: Params, prepared: Prepared) -> dict[str, Any]:
     judge_model = layout.model_file(layout.JUDGE)
     return {
-        **tracking.data_tags(manifest, params.seed, params.mlflow.tags),
+        **tracking.data_tags(prepared.manifest, params.seed, params.mlflow.tags),
         "model_family": "gan",
         "dvc_stage": "gan",
         "judge_model": str(judge_model),

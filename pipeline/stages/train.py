@@ -18,7 +18,7 @@ from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, history_csv
 from pipeline.core.outputs import Lineage, TrainMetrics
 from pipeline.core.params import Params
-from pipeline.core.stage import start
+from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
 from pipeline.data.validation_results import require_validated
 from pipeline.ml.classifier import checkpoint_dir, lineage_params, train_classifier
@@ -34,10 +34,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return train_as_worker(name, params, prepared)
     checkpoints = checkpoint_dir(name, params, prepared.content_hash)
     with contextlib.ExitStack() as stack:
-        with timer.phase("logging"):
-            tags = lineage_tags(name, params, prepared)
-            run = stack.enter_context(tracking.lineage_run(params.experiment_name, name, tags))
-            tracking.log_params(run, lineage_params(params, name))
+        tags = lineage_tags(name, params, prepared)
+        opening = tracking.lineage_run(params.experiment_name, name, tags)
+        run = open_run(stack, timer, opening, lineage_params(params, name))
         with timer.phase("compute"):
             trained = train_classifier(
                 name, params, prepared.splits, prepared.num_classes, checkpoints
@@ -48,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         with timer.phase("logging"), tracking.after_outputs([layout.model_dir(name)]):
             log_training(run, name, *trained, example=prepared["test"][0][:5])
         timer.finish(functools.partial(tracking.log_metrics, run))
-    metrics = trained[2]
-    print(
+    print(summary(name, trained[2], run))
+
+
+def summary(name: str, metrics: TrainMetrics, run: str) -> str:
+    return (
         f"train: {name} test accuracy {metrics.test_accuracy:.4f} ({metrics.epochs_trained} "
         f"epochs) -> {layout.model_dir(name)}, MLflow run {run}"
     )
