@@ -26,6 +26,17 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
     return path
 
 
+# Small models for the tests, spelled out: no dropout or batch norm unless a test asks, and the
+# LSTM's head as plain as the others' (params.yaml's defaults are sized for the real stages).
+PLAIN = {"dropout": 0.0, "batch_norm": False}
+PLAIN_LSTM = {
+    **PLAIN,
+    "activation": "relu",
+    "initializer": "he_normal",
+    "optimizer": {"name": "adam", "learning_rate": 0.001},
+}
+
+
 def synthetic_images(n_per_class: int = 12, classes: int = 10, size: int = 8, seed: int = 0):
     """Small uint8 images whose class is readable from them (a bright column per class)."""
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ from pipeline.ml.compression_report import markdown_table, measure, target_check
 from pipeline.ml.inference import TFLiteModel, tensor_dtypes
 from pipeline.ml.models import build_classifier
 from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic
+from tests.conftest import PLAIN, PLAIN_LSTM
 
 COMMON = TrainCommon(epochs=3, batch_size=64, early_stopping_patience=3)
 
@@ -27,7 +28,7 @@ def trained(name: str, digits_prepared, **block):
 @pytest.fixture(scope="module")
 def small_cnn(request):
     digits = request.getfixturevalue("digits_prepared")
-    return trained("cnn", digits, filters=[8, 16], dense_units=[32]), digits
+    return trained("cnn", digits, **PLAIN, filters=[8, 16], dense_units=[32]), digits
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_interpreter_accuracy_matches_keras_for_the_same_model(small_cnn):
 
 
 def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_path):
-    lstm = trained("lstm", digits_prepared, units=[32], dense_units=[])
+    lstm = trained("lstm", digits_prepared, **PLAIN_LSTM, units=[32], dense_units=[])
     p = CompressParams(
         prune_epochs=1, prune_frequency=5, qat_epochs=1, representative_samples=20, latency_runs=10
     )
@@ -99,7 +100,7 @@ def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_pat
 def test_batch_norm_folding_keeps_the_function_and_the_zeros(digits_prepared):
     from pipeline.ml.compression import fold_batch_norm, has_batch_norm
 
-    block = {"filters": [8, 16], "dense_units": [32], "batch_norm": True}
+    block = {**PLAIN, "filters": [8, 16], "dense_units": [32], "batch_norm": True}
     model = trained("cnn", digits_prepared, **block)
     pruned = prune(
         model,

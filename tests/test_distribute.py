@@ -16,7 +16,7 @@ import pytest
 from pipeline.core.cli import PipelineError
 from pipeline.core.params import parse_params
 from pipeline.ml.distribute import cluster_task, is_chief
-from tests.conftest import REPO, make_prepared, synthetic_images, write_idx
+from tests.conftest import PLAIN, REPO, make_prepared, synthetic_images, write_idx
 from tests.e2e import TINY_TRAIN, copy_project, run, update_params
 
 
@@ -72,7 +72,7 @@ def test_mixed_precision_computes_in_float16_and_saves_float32():
         {
             "train": {
                 "common": {"epochs": 8, "batch_size": 16, "mixed_precision": True},
-                "fnn": {"hidden_units": [32]},
+                "fnn": {"hidden_units": [32], **PLAIN},
             }
         }
     )
@@ -109,7 +109,8 @@ MIRRORED = textwrap.dedent(
     results = {}
     for kind in ("none", "mirrored"):
         common = {"epochs": 60, "batch_size": 32, "early_stopping_patience": 8, "distribute": kind}
-        params = parse_params({"train": {"common": common, "fnn": {"hidden_units": [64]}}})
+        fnn = {"hidden_units": [64], "dropout": 0.0}
+        params = parse_params({"train": {"common": common, "fnn": fnn}})
         results[kind] = train_classifier("fnn", params, prepared.splits, 10)[2].model_dump()
     print("RESULTS", json.dumps(results))
     """

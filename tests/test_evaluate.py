@@ -25,10 +25,11 @@ from pipeline.ml.inference import TFLiteModel
 from pipeline.ml.models import build_classifier
 from pipeline.ml.robustness import fgsm, pgd
 from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic, trainer_for
+from tests.conftest import PLAIN
 from tests.test_stages_cli import stage, write_params
 
 COMMON = TrainCommon(epochs=4, batch_size=64, early_stopping_patience=4)
-SMALL_CNN = {"filters": [8, 16], "dense_units": [32]}
+SMALL_CNN = {**PLAIN, "filters": [8, 16], "dense_units": [32]}
 QUICK = EvaluateParams(
     epsilons=[0.0, 0.05, 0.1],
     robust_epsilon=0.1,

@@ -27,6 +27,7 @@ from pipeline.ml.robustness import (
     shift,
 )
 from pipeline.ml.training import compile_classifier, fit_classifier, make_deterministic
+from tests.conftest import PLAIN
 
 COMMON = TrainCommon(epochs=4, batch_size=64, early_stopping_patience=4)
 
@@ -42,7 +43,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def cnn(digits):
-    params = parse_params({"train": {"cnn": {"filters": [8, 16], "dense_units": [32]}}})
+    params = parse_params({"train": {"cnn": {**PLAIN, "filters": [8, 16], "dense_units": [32]}}})
     make_deterministic(0)
     model = build_classifier("cnn", params.train, (8, 8, 1), 10)
     compile_classifier(model, params.train.cnn.optimizer, COMMON)

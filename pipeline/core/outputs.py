@@ -23,6 +23,7 @@ from pydantic import (
 from pipeline.core.cli import PipelineError, first_line
 from pipeline.core.io import read_json, write_json
 from pipeline.core.layout import LINEAGE_FILE
+from pipeline.core.params import describe_errors
 
 Curve = dict[str, float]  # severity (as written by `severity_key`) -> accuracy
 Curves = dict[str, Curve]  # perturbation -> its curve
@@ -35,7 +36,7 @@ def severity_key(severity: float) -> str:
 
 class Output(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    made_by: ClassVar[str] = "the stage that writes it"  # for the error that names a missing file
+    made_by: ClassVar[str] = "`dvc repro` to make it"  # for the error that names a missing file
 
     def write(self, path: Path) -> None:
         write_json(path, self.model_dump(by_alias=True))
@@ -47,9 +48,12 @@ class Output(BaseModel):
             return cls.model_validate(read_json(path))
         except FileNotFoundError:
             raise PipelineError(f"{path}: missing; run {cls.made_by}") from None
-        except ValueError as error:  # invalid JSON, and pydantic's ValidationError
-            what = f"not a {cls.__name__}" if isinstance(error, ValidationError) else "invalid"
-            raise PipelineError(f"{path}: {what} ({first_line(error)})") from None
+        except ValidationError as error:  # a ValueError too: caught first
+            raise PipelineError(
+                f"{path}: not a {cls.__name__} ({describe_errors(error)})"
+            ) from None
+        except ValueError as error:  # not JSON at all
+            raise PipelineError(f"{path}: not valid JSON ({first_line(error)})") from None
 
 
 class Check(Output):

@@ -9,6 +9,7 @@ and "imports" runs from there to the stage's `main()`, plus any import a stage d
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import time
@@ -70,6 +71,13 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - start
+
+    def imports(self, *modules: str) -> None:
+        """Import `modules` now, counted as imports: the heavy libraries a stage defers until
+        its params and data have been checked (bad input then fails in well under a second)."""
+        with self.phase("imports"):
+            for module in modules:
+                importlib.import_module(module)
 
     def figures(self) -> dict[str, Any]:
         """The split so far: seconds per phase, `other`, the total and the model-compute share."""

@@ -28,10 +28,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     with timer.phase("data"):
         prepared = load_prepared()
         lineage = Lineage.of(layout.model_dir(name))
-    with timer.phase("imports"):
-        from pipeline.ml.artifacts import load_keras
+    timer.imports("pipeline.ml.artifacts", "pipeline.ml.compression", "pipeline.ml.models")
     with timer.phase("data"):
-        model = load_keras(layout.model_file(name))
+        model = load_model(name)
     with contextlib.ExitStack() as stack:
         logged = {"seed": params.seed, **flatten(params.compress, "compress")}
         child = tracking.stage_run(lineage.run_id, "compress", {"model_family": name})
@@ -45,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             log_compression(run, lineage.run_id, name, report)
         timer.finish(functools.partial(tracking.log_metrics, lineage.run_id))
     print(summary(name, report))
+
+
+def load_model(name: str) -> Any:
+    from pipeline.ml.artifacts import load_keras
+
+    return load_keras(layout.model_file(name))
 
 
 def compress(

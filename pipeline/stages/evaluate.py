@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prepared = load_prepared()
         lineage = Lineage.of(layout.model_dir(name))
     started = time.perf_counter()
+    timer.imports("pipeline.ml.artifacts", "pipeline.ml.inference", "pipeline.ml.training")
     with timer.phase("data"):  # every model file is checked before any work
         model, variants = load_models(name)
     with contextlib.ExitStack() as stack:

@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with timer.phase("logging"), tracking.after_outputs([layout.GAN_DIR, layout.GAN_METRICS]):
             log_gan(run, gan, params.gan.latent_dim)
         timer.finish(functools.partial(tracking.log_metrics, run))
-    print(f"gan: {summary(gan.metrics)}, trained in {gan.train_seconds:.0f} s -> {layout.GAN_DIR}")
+    seconds = f"trained in {gan.train_seconds:.0f} s"
+    print(f"gan: {summary(gan.metrics)}, {seconds} -> {layout.GAN_DIR}, MLflow run {run}")
 
 
 def lineage_params(params: Params) -> dict[str, Any]:

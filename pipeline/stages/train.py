@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         require_validated(prepared)
     if not is_chief(params.train.common.distribute):  # a malformed TF_CONFIG stops here
         return train_as_worker(name, params, prepared)
+    timer.imports("pipeline.ml.models", "pipeline.ml.training")  # TensorFlow
     checkpoints = checkpoint_dir(name, params, prepared.content_hash)
     with contextlib.ExitStack() as stack:
         tags = lineage_tags(name, params, prepared)
@@ -44,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with timer.phase("outputs"):  # first: a logging failure must not lose the model
             write_outputs(name, *trained, Lineage(run_id=run, experiment=params.experiment_name))
             clear_backup(checkpoints)
-        with timer.phase("logging"), tracking.after_outputs([layout.model_dir(name)]):
+        outputs = [layout.model_dir(name), layout.train_metrics(name)]
+        with timer.phase("logging"), tracking.after_outputs(outputs):
             log_training(run, name, *trained, example=prepared["test"][0][:5])
         timer.finish(functools.partial(tracking.log_metrics, run))
     print(summary(name, trained[2], run))
