@@ -4,7 +4,6 @@ runs that train models through it are the end-to-end tests (`dvc repro` uses it 
 
 from __future__ import annotations
 
-import _thread
 import ast
 import contextlib
 import inspect
@@ -15,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,44 +315,68 @@ def test_stop_wakes_an_idle_server_which_then_exits(tmp_path: Path):
 # --- fork safety ------------------------------------------------------------------------------
 
 
-def threads_back_to(count: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while warm_server.native_threads() > count:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+def in_fresh_process(body: str) -> None:
+    """Run `body`'s assertions in a new interpreter that imported only the server module: thread
+    counts are per process, and this one holds whatever threads earlier tests left (tqdm's
+    monitor thread, say)."""
+    code = textwrap.dedent(
+        """
+        import _thread, threading, time
+        from pipeline.runtime import server as warm_server
+
+        def threads_back_to(count, timeout=10):
+            # a joined thread's task leaves /proc a moment later
+            deadline = time.monotonic() + timeout
+            while warm_server.native_threads() > count:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
+            return True
+        """
+    ) + textwrap.dedent(body)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_a_python_thread_besides_the_main_one_is_a_fork_hazard():
-    allowed = warm_server.native_threads()
-    assert warm_server.fork_hazard(allowed) is None
-    release = threading.Event()
-    thread = threading.Thread(target=release.wait, name="holder")
-    thread.start()
-    try:
-        hazard = warm_server.fork_hazard(allowed + 1)  # even one the count allows
-    finally:
-        release.set()
-        thread.join()
-    assert hazard is not None and "1 Python thread" in hazard and "holder" in hazard
-    assert threads_back_to(allowed)  # a joined thread's task leaves /proc a moment later
-    assert warm_server.fork_hazard(allowed) is None
+    in_fresh_process(
+        """
+        allowed = warm_server.native_threads()
+        assert warm_server.fork_hazard(allowed) is None
+        release = threading.Event()
+        thread = threading.Thread(target=release.wait, name="holder")
+        thread.start()
+        try:
+            hazard = warm_server.fork_hazard(allowed + 1)  # even one the count allows
+        finally:
+            release.set()
+            thread.join()
+        assert hazard is not None and "1 Python thread" in hazard and "holder" in hazard, hazard
+        assert threads_back_to(allowed)
+        assert warm_server.fork_hazard(allowed) is None
+        """
+    )
 
 
 def test_a_native_thread_the_imports_did_not_start_is_a_fork_hazard():
     """A thread Python's `threading` does not know of (as a library's C code starts one)."""
-    allowed = warm_server.native_threads()
-    held = _thread.allocate_lock()
-    held.acquire()
-    _thread.start_new_thread(held.acquire, ())  # blocks until released
-    try:
-        hazard = warm_server.fork_hazard(allowed)
-    finally:
-        held.release()
-    assert hazard is not None and "1 thread(s) more than its imports started" in hazard
-    assert threads_back_to(allowed)
-    assert warm_server.fork_hazard(allowed) is None
+    in_fresh_process(
+        """
+        allowed = warm_server.native_threads()
+        held = _thread.allocate_lock()
+        held.acquire()
+        _thread.start_new_thread(held.acquire, ())  # blocks until released
+        try:
+            hazard = warm_server.fork_hazard(allowed)
+        finally:
+            held.release()
+        assert hazard is not None and "1 thread(s) more than its imports started" in hazard
+        assert threads_back_to(allowed)
+        assert warm_server.fork_hazard(allowed) is None
+        """
+    )
 
 
 def test_a_server_that_has_grown_a_thread_refuses_to_fork_and_retires(tmp_path: Path):
