@@ -75,7 +75,9 @@ def test_only_validated_data_counts():
     assert "not the validated data" in validated({"success": True, "content_hash": "x"}, "abc")[0]
 
 
-def candidate(tmp_path: Path, family: str, accuracy: float, data_hash: str = "h") -> str:
+def candidate(
+    tmp_path: Path, family: str, accuracy: float, data_hash: str = "h", robust: float = 0.5
+) -> str:
     """A lineage run as the stages leave it: a logged model, evaluate metrics, lineage.json."""
     import tf_keras as keras
 
@@ -86,7 +88,7 @@ def candidate(tmp_path: Path, family: str, accuracy: float, data_hash: str = "h"
     model = keras.Model(inputs, outputs)
     with tracking.lineage_run("digits", family, {"data_hash": data_hash}) as run_id:
         tracking.log_keras_model(run_id, model, np.zeros((2, 8, 8, 1), np.float32))
-        tracking.log_metrics(run_id, {**GOOD, ACCURACY: accuracy})
+        tracking.log_metrics(run_id, {**GOOD, ACCURACY: accuracy, ROBUST_ACCURACY: robust})
     folder = tmp_path / "models" / family
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "lineage.json").write_text(json.dumps({"run_id": run_id}))
@@ -135,3 +137,36 @@ def test_unvalidated_data_registers_nothing(tmp_path, monkeypatch):
     decision = promote_family("fnn", "digits", RULES, {"success": True, "content_hash": "h"})
     assert decision.decision == "rejected" and decision.version is None
     assert MlflowClient(uri).search_registered_models() == []
+
+
+def test_a_drop_below_the_champions_robust_accuracy_is_refused():
+    champion = {**GOOD, ROBUST_ACCURACY: 0.6}
+    blessing = bless({**GOOD, ROBUST_ACCURACY: 0.59}, champion, RULES)  # tolerance 0.005
+    assert not blessing.blessed
+    assert failed(blessing) == ["robust_accuracy_vs_champion 0.59 fails >= 0.595"]
+    made = blessing.checks["robust_accuracy_vs_champion"]
+    assert (made.value, made.bound, made.met) == (0.59, pytest.approx(0.595), False)
+    assert bless({**GOOD, ROBUST_ACCURACY: 0.596}, champion, RULES).blessed
+
+
+def test_each_version_carries_its_decision_as_a_tag(tmp_path, monkeypatch):
+    """The registry's own record: version 1 blessed, version 2 (more accurate, less robust than
+    the champion) registered as the challenger, each tagged with its decision."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    validation = {"success": True, "content_hash": "h"}
+    candidate(tmp_path, "fnn", 0.95, robust=0.6)
+    assert promote_family("fnn", "digits", RULES, validation).decision == CHAMPION
+    candidate(tmp_path, "fnn", 0.99, robust=0.5)
+    decision = promote_family("fnn", "digits", RULES, validation)
+    assert decision.decision == CHALLENGER
+    assert decision.reasons == ["robust_accuracy_vs_champion 0.5 fails >= 0.595"]
+    client = MlflowClient(uri)
+    tags = {
+        str(v.version): v.tags["decision"]
+        for v in client.search_model_versions("name = 'digits-fnn'")
+    }
+    assert tags == {"1": CHAMPION, "2": CHALLENGER}
