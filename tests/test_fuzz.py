@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import signal
 import struct
 import tempfile
@@ -41,8 +42,16 @@ pytestmark = [
 ]
 
 # ~100 ms is a slow load of these few-KB files; a second means something loops. No example
-# database: it would write .hypothesis/ into the repository.
-FUZZ = settings(max_examples=200, deadline=1000, database=None)
+# database: it would write .hypothesis/ into the repository. In CI (CI set, as .ci/run runs) the
+# examples are derandomized, drawn from each test's source alone, so a failure there reproduces
+# anywhere; elsewhere each run explores new ones and prints the blob that replays a failure.
+FUZZ = settings(
+    max_examples=200,
+    deadline=1000,
+    database=None,
+    derandomize=os.environ.get("CI", "") not in ("", "0", "false"),
+    print_blob=True,
+)
 HANG_S = 10.0  # the deadline only fires once an example returns; this stops a real hang
 MAX_PEAK = 64 * 2**20  # bytes: the inputs are a few KB, so more is an allocation from a header
 
@@ -566,3 +575,18 @@ def test_prepared_regressions(name: str, content: bytes) -> None:
         write_prepared(PREPARED, folder)
         (folder / name).write_bytes(content)
         assert attempt(lambda: load_prepared(folder), folder / name) is None
+
+
+@pytest.mark.parametrize(("ci", "derandomized"), [("true", True), ("", False)])
+def test_ci_draws_the_same_examples_every_run(ci: str, derandomized: bool):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "from tests.test_fuzz import FUZZ; print(FUZZ.derandomize)"
+    env = {**os.environ, "CI": ci}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == str(derandomized), out.stderr[-2000:]
