@@ -75,3 +75,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
     before = session.config.stash.get(_SERVERS_BEFORE, set())
     server.stop([s for s in server.servers() if s["pid"] not in before])
+
+
+def sign_agreement(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> float:
+    """Share of the pixels either attack moved that both moved the same way (clipping at 0 and 1
+    leaves some unmoved)."""
+    da, db = np.sign(a - x), np.sign(b - x)
+    moved = (da != 0) | (db != 0)
+    return float(np.mean(da[moved] == db[moved]))
