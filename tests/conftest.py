@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,15 @@ def digits_prepared() -> Prepared:
 
 
 _SERVERS_BEFORE = pytest.StashKey[set]()  # warm servers running before the session
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[object]:
+    """Each phase's report on the test item (`rep_setup`, `rep_call`, `rep_teardown`), for the
+    fixtures that keep a test's results only once it has passed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
