@@ -70,8 +70,30 @@ def project_files() -> list[str]:
     return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
 
 
+def declared_outputs() -> list[Path]:
+    """Every output dvc.yaml declares (outs, metrics, plots), for every stage and family."""
+    from pipeline.core import layout
+
+    stages = ("ingest", "validate", "gan", "report")
+    families = ("train", "compress", "evaluate")
+    return [
+        *(path for stage in stages for path in layout.stage_outputs(stage)),
+        *(
+            path
+            for stage in families
+            for name in layout.MODEL_NAMES
+            for path in layout.stage_outputs(stage, name)
+        ),
+    ]
+
+
 def copy_project(target: Path) -> Path:
+    """The project as a clone holds it, minus every committed stage output: what a test's run
+    then finds under models/ and reports/ is what that run wrote."""
+    outputs = declared_outputs()
     for name in project_files():
+        if any(Path(name) == out or out in Path(name).parents for out in outputs):
+            continue
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, destination)

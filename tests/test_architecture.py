@@ -238,3 +238,14 @@ def test_the_readme_layout_matches_the_package():
         if folder.is_dir() and folder.name != "__pycache__"
     }
     assert {folder: sorted(names) for folder, names in shown.items()} == actual
+
+
+def test_end_to_end_copies_start_without_any_committed_stage_output(tmp_path: Path):
+    """A stage that stopped writing an output must not pass on the committed copy of it."""
+    from tests.e2e import copy_project, declared_outputs
+
+    committed = [p for p in declared_outputs() if (REPO / p).exists()]
+    assert layout.train_metrics("cnn") in committed  # there is something to leave out
+    copy = copy_project(tmp_path / "project")
+    assert [p for p in declared_outputs() if (copy / p).exists()] == []
+    assert (copy / "dvc.yaml").is_file() and (copy / "params.yaml").is_file()
