@@ -16,6 +16,7 @@ import numpy as np
 from pipeline.core.io import write_json
 from pipeline.core.layout import COMPRESS_REPORTS as REPORTS
 from pipeline.core.layout import COMPRESSED_DIR, MODEL_FILE, MODELS_DIR
+from pipeline.core.outputs import Check
 from pipeline.core.params import load_params
 from pipeline.data.prepared import load_prepared
 from pipeline.ml.artifacts import load_keras
@@ -39,14 +40,11 @@ def main() -> None:
         ratio = keras_fn["latency_ms_median"] / tflite["latency_ms_median"]
         params = load_params()
         checks = target_checks(report, params.compress.target_sparsity, params.targets.compress)
-        checks["latency_ratio_tf_function_to_int8"] = {
-            "variant": "int8",
-            "value": ratio,
-            "bound": params.targets.compress.min_latency_ratio,
-            "met": ratio >= params.targets.compress.min_latency_ratio,
-        }
-        results[name] = {"keras_tf_function": keras_fn, "int8_tflite": tflite, "targets": checks}
-        rows += [(name, check, c["value"], c["bound"], c["met"]) for check, c in checks.items()]
+        bound = params.targets.compress.min_latency_ratio
+        checks["latency_ratio_tf_function_to_int8"] = Check.at_least(ratio, bound, "int8")
+        targets = {check: c.model_dump() for check, c in checks.items()}
+        results[name] = {"keras_tf_function": keras_fn, "int8_tflite": tflite, "targets": targets}
+        rows += [(name, check, c.value, c.bound, c.met) for check, c in checks.items()]
     print(f"{'model':<6} {'target':<42} {'measured':>9} {'bound':>6}  met")
     for name, check, value, bound, met in rows:
         print(f"{name:<6} {check:<42} {value:9.3f} {bound:6.1f}  {'yes' if met else 'NO'}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.core.outputs import CompressReport
 from pipeline.core.params import CompressParams, CompressTargets, TrainCommon, parse_params
 from pipeline.ml.compression import make_variants, prune, to_tflite, weight_sparsity
 from pipeline.ml.compression_report import markdown_table, measure, target_checks
@@ -92,9 +93,10 @@ def test_unsupported_architecture_is_reported_not_fatal(digits_prepared, tmp_pat
         == variants_report["float32"]["source_keras_accuracy"]
     )
     assert abs(variants_report["int8"]["accuracy"] - variants_report["float32"]["accuracy"]) < 0.1
-    report["targets"] = target_checks(report, p.target_sparsity, CompressTargets())
-    assert "qat_int8_loss_points_vs_float_tflite" not in report["targets"]
-    assert "unsupported: " in markdown_table("lstm", report)
+    targets = target_checks(report, p.target_sparsity, CompressTargets())
+    assert "qat_int8_loss_points_vs_float_tflite" not in targets
+    typed = CompressReport.model_validate({**report, "targets": targets})
+    assert "| qat_int8 | unsupported: RuntimeError: " in markdown_table("lstm", typed)
 
 
 def test_batch_norm_folding_keeps_the_function_and_the_zeros(digits_prepared):
@@ -147,7 +149,7 @@ def test_target_checks_flag_what_is_not_met():
         },
     }
     checks = target_checks(report, 0.8, CompressTargets())
-    assert {k: c["met"] for k, c in checks.items()} == {
+    assert {k: c.met for k, c in checks.items()} == {
         "pruning_loss_points": True,  # 0.5 points
         "int8_loss_points_vs_float_tflite": False,  # 1.0 point > 0.5
         "pruned_int8_loss_points_vs_float_tflite": True,
@@ -156,7 +158,8 @@ def test_target_checks_flag_what_is_not_met():
         "gzip_ratio_keras_to_pruned_int8": True,  # 10x
         "latency_ratio_tf_function_to_int8": True,  # 20x
     }
-    assert checks["int8_loss_points_vs_float_tflite"]["value"] == pytest.approx(1.0)
+    assert checks["int8_loss_points_vs_float_tflite"].value == pytest.approx(1.0)
+    assert checks["int8_loss_points_vs_float_tflite"].variant == "int8"
 
 
 def test_coincident_variants_share_one_label():

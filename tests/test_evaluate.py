@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.core.outputs import LineageMetric
+from pipeline.core.outputs import EvaluateReport, EvaluateSpeed, LineageMetric
 from pipeline.core.params import EvaluateParams, TrainCommon, parse_params
 from pipeline.ml.compression import to_tflite
 from pipeline.ml.evaluation import (
@@ -165,17 +165,19 @@ def test_explanation_numbers_match_an_independent_computation(evaluated, cnn, di
 def test_outputs_for_dvc_plots_figures_and_mlflow(evaluated, cnn, digits, tmp_path: Path):
     report, grid = evaluated
     x, y = digits["test"]
-    tables = plot_tables(report, y, cnn.predict(x, verbose=0).argmax(1))
+    typed = EvaluateReport.model_validate({"model": "cnn", "model_bytes": 1234, **report})
+    tables = plot_tables(typed, y, cnn.predict(x, verbose=0).argmax(1))
     assert tables["confusion.csv"].splitlines()[0] == "actual,predicted"
     assert len(tables["confusion.csv"].splitlines()) == len(y) + 1
     assert tables["adversarial.csv"].splitlines()[0] == "epsilon,fgsm,pgd"
     assert tables["deletion.csv"].splitlines()[0].endswith(",grad_cam,random")
-    write_figures(tmp_path, "cnn", report, dict(grid))
+    write_figures(tmp_path, "cnn", typed, dict(grid))
     for name in ("confusion", "reliability", "robustness", "deletion", "attributions"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     speed = keras_speed(cnn, x, QUICK)
     assert speed["latency_ms_batch1"] > 0 and speed["throughput_per_s_large_batch"] > 0
-    metrics = headline_metrics({**report, "model_bytes": 1234}, speed)
+    timed = EvaluateSpeed.model_validate({**speed, "wall_time_s": 1.0})
+    metrics = headline_metrics(typed, timed)
     assert metrics["evaluate.pgd.eps_0.1"] == report["adversarial"]["robust_accuracy"]
     # The names promotion reads back from the lineage runs are among them, with their values.
     assert metrics[LineageMetric.ACCURACY] == report["clean"]["accuracy"]

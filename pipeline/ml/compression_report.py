@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.io import csv_text
+from pipeline.core.outputs import Check, Checks, CompressReport, UnsupportedVariant
 from pipeline.core.params import CompressTargets
 
 
@@ -70,19 +71,15 @@ def measure(
 
 def target_checks(
     report: dict[str, Any], target_sparsity: float, targets: CompressTargets
-) -> dict[str, dict[str, Any]]:
+) -> Checks:
     """The acceptance targets (params `targets.compress`) as measured values next to their
     bounds, and whether the pruning-preserving variant kept the sparsity it is named for."""
     base, variants = report["keras_float"], report["variants"]
-    checks: dict[str, dict[str, Any]] = {}
+    checks: Checks = {}
 
     def check(name: str, variant: str, value: float, bound: float, at_least: bool) -> None:
-        checks[name] = {
-            "variant": variant,
-            "value": value,
-            "bound": bound,
-            "met": bool(value >= bound if at_least else value <= bound),
-        }
+        made = Check.at_least if at_least else Check.at_most
+        checks[name] = made(value, bound, variant)
 
     ok = {name: v for name, v in variants.items() if v["supported"]}
     if "pruned" in ok:
@@ -128,21 +125,15 @@ def target_checks(
     return checks
 
 
-def tradeoff_points(report: dict[str, Any]) -> list[dict[str, Any]]:
-    base = report["keras_float"]
-    points = [
-        {
-            "variant": "keras_float",
-            "size_gzip_kib": base["size_gzip_bytes"] / 1024,
-            "accuracy": base["accuracy"],
-        }
+def tradeoff_points(report: CompressReport) -> list[dict[str, Any]]:
+    """Size against accuracy: the float Keras model, then each supported variant."""
+    base = report.keras_float
+    sized = {"keras_float": (base.size_gzip_bytes, base.accuracy)}
+    sized |= {name: (v.size_gzip_bytes, v.accuracy) for name, v in report.supported.items()}
+    return [
+        {"variant": name, "size_gzip_kib": size / 1024, "accuracy": accuracy}
+        for name, (size, accuracy) in sized.items()
     ]
-    points += [
-        {"variant": name, "size_gzip_kib": v["size_gzip_bytes"] / 1024, "accuracy": v["accuracy"]}
-        for name, v in report["variants"].items()
-        if v["supported"]
-    ]
-    return points
 
 
 def points_csv(points: list[dict[str, Any]]) -> str:
@@ -152,8 +143,8 @@ def points_csv(points: list[dict[str, Any]]) -> str:
     )
 
 
-def markdown_table(name: str, report: dict[str, Any]) -> str:
-    base = report["keras_float"]
+def markdown_table(name: str, report: CompressReport) -> str:
+    base = report.keras_float
     lines = [
         f"# Compression of `{name}`",
         "",
@@ -161,29 +152,28 @@ def markdown_table(name: str, report: dict[str, Any]) -> str:
         "| p95 (ms) | batch throughput (img/s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for call, speed in base["speed"].items():
+    for call, speed in base.speed.items():
         lines.append(
-            f"| float Keras, {call} | {base['accuracy']:.4f} | {base['sparsity']:.3f} "
-            f"| {base['size_bytes']} | {base['size_gzip_bytes']} "
-            f"| {speed['latency_ms_median']:.3f} | {speed['latency_ms_p95']:.3f} "
-            f"| {speed['throughput_per_s']:.0f} |"
+            f"| float Keras, {call} | {base.accuracy:.4f} | {base.sparsity:.3f} "
+            f"| {base.size_bytes} | {base.size_gzip_bytes} "
+            f"| {speed.latency_ms_median:.3f} | {speed.latency_ms_p95:.3f} "
+            f"| {speed.throughput_per_s:.0f} |"
         )
-    for variant, v in report["variants"].items():
-        if not v["supported"]:
-            lines.append(f"| {variant} | unsupported: {v['reason']} | | | | | | |")
+    for variant, v in report.variants.items():
+        if isinstance(v, UnsupportedVariant):
+            lines.append(f"| {variant} | unsupported: {v.reason} | | | | | | |")
             continue
-        s = v["speed"]
+        s = v.speed
         lines.append(
-            f"| {variant} | {v['accuracy']:.4f} | {v['sparsity']:.3f} "
-            f"| {v['size_bytes']} | {v['size_gzip_bytes']} "
-            f"| {s['latency_ms_median']:.4f} | {s['latency_ms_p95']:.4f} "
-            f"| {s['throughput_per_s']:.0f} |"
+            f"| {variant} | {v.accuracy:.4f} | {v.sparsity:.3f} "
+            f"| {v.size_bytes} | {v.size_gzip_bytes} "
+            f"| {s.latency_ms_median:.4f} | {s.latency_ms_p95:.4f} "
+            f"| {s.throughput_per_s:.0f} |"
         )
     lines += ["", "| target | variant | measured | bound | met |", "|---|---|---|---|---|"]
-    for check, c in report["targets"].items():
+    for check, c in report.targets.items():
         lines.append(
-            f"| {check} | {c['variant']} | {c['value']:.3f} | {c['bound']} "
-            f"| {'yes' if c['met'] else 'NO'} |"
+            f"| {check} | {c.variant} | {c.value:.3f} | {c.bound} | {'yes' if c.met else 'NO'} |"
         )
     lines += [
         "",
@@ -193,12 +183,16 @@ def markdown_table(name: str, report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline_metrics(report: dict[str, Any]) -> dict[str, float]:
+def headline_metrics(report: CompressReport) -> dict[str, float]:
     """Family-neutral names (`compress.int8.accuracy`) for the lineage run's compare view."""
-    metrics = {}
-    for variant, v in report["variants"].items():
-        if v["supported"]:
-            for key in ("accuracy", "sparsity", "size_bytes", "size_gzip_bytes"):
-                metrics[f"compress.{variant}.{key}"] = float(v[key])
-            metrics[f"compress.{variant}.latency_ms_median"] = v["speed"]["latency_ms_median"]
+    metrics: dict[str, float] = {}
+    for variant, v in report.supported.items():
+        values = {
+            "accuracy": v.accuracy,
+            "sparsity": v.sparsity,
+            "size_bytes": v.size_bytes,
+            "size_gzip_bytes": v.size_gzip_bytes,
+        }
+        metrics |= {f"compress.{variant}.{key}": float(x) for key, x in values.items()}
+        metrics[f"compress.{variant}.latency_ms_median"] = v.speed.latency_ms_median
     return metrics

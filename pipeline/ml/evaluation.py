@@ -9,7 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.outputs import LineageMetric, severity_key
+from pipeline.core.outputs import (
+    EvaluateReport,
+    EvaluateSpeed,
+    LineageMetric,
+    severity_key,
+)
 from pipeline.core.params import EvaluateParams, EvaluateTargets
 
 Predict = Callable[[np.ndarray], np.ndarray]  # images -> class probabilities
@@ -259,37 +264,33 @@ def keras_speed(model: Any, x: np.ndarray, p: EvaluateParams) -> dict[str, float
     }
 
 
-def headline_metrics(report: dict[str, Any], speed: dict[str, float]) -> dict[str, float]:
+def headline_metrics(report: EvaluateReport, speed: EvaluateSpeed) -> dict[str, float]:
     """Family-neutral names (`evaluate.pgd.eps_0.1`) for the lineage run's compare view."""
-    clean, adversarial = report["clean"], report["adversarial"]
+    clean, adversarial = report.clean, report.adversarial
+    faithful = report.explanations.faithfulness
+    robust = severity_key(adversarial.robust_epsilon)
     metrics = {
-        LineageMetric.ACCURACY: clean["accuracy"],
-        "evaluate.macro_f1": clean["macro_f1"],
-        "evaluate.ece": clean["ece"],
-        LineageMetric.ROBUST_ACCURACY: adversarial["robust_accuracy"],
-        "evaluate.corruption_accuracy_mean": mean_curve_accuracy(report["corruptions"]),
-        "evaluate.ig_completeness_error_max": report["explanations"]["ig_completeness_error"][
-            "max"
-        ],
+        LineageMetric.ACCURACY: clean.accuracy,
+        "evaluate.macro_f1": clean.macro_f1,
+        "evaluate.ece": clean.ece,
+        LineageMetric.ROBUST_ACCURACY: adversarial.robust_accuracy,
+        "evaluate.corruption_accuracy_mean": mean_curve_accuracy(report.corruptions),
+        "evaluate.ig_completeness_error_max": report.explanations.ig_completeness_error.max,
+        **{f"evaluate.fgsm.eps_{e}": value for e, value in adversarial.fgsm.items()},
+        **{f"evaluate.pgd.eps_{e}": value for e, value in adversarial.pgd.items()},
+        **{f"evaluate.deletion_auc.{m}": area for m, area in faithful.deletion_auc.items()},
+        "evaluate.deletion_auc.random": faithful.deletion_auc_random,
     }
-    for attack in ("fgsm", "pgd"):
-        for epsilon, value in adversarial[attack].items():
-            metrics[f"evaluate.{attack}.eps_{epsilon}"] = value
-    faithful = report["explanations"]["faithfulness"]
-    for method, area in faithful["deletion_auc"].items():
-        metrics[f"evaluate.deletion_auc.{method}"] = area
-    metrics["evaluate.deletion_auc.random"] = faithful["deletion_auc_random"]
-    for name, variant in report["variants"].items():
-        metrics[f"evaluate.{name}.accuracy"] = variant["accuracy"]
+    for name, variant in report.variants.items():
+        metrics[f"evaluate.{name}.accuracy"] = variant.accuracy
         metrics[f"evaluate.{name}.corruption_accuracy_mean"] = mean_curve_accuracy(
-            variant["corruptions"]
+            variant.corruptions
         )
-        metrics[
-            f"evaluate.{name}.transferred_pgd.eps_{severity_key(adversarial['robust_epsilon'])}"
-        ] = variant["transferred_attacks"]["pgd"][severity_key(adversarial["robust_epsilon"])]
-    metrics.update({f"evaluate.{k}": float(v) for k, v in speed.items()})  # LATENCY among them
-    if "model_bytes" in report:
-        metrics[LineageMetric.SIZE] = float(report["model_bytes"])
+        pgd = variant.transferred_attacks.pgd[robust]
+        metrics[f"evaluate.{name}.transferred_pgd.eps_{robust}"] = pgd
+    # Speed under its own names; LineageMetric.LATENCY (evaluate.latency_ms_batch1) among them.
+    metrics |= {f"evaluate.{k}": float(v) for k, v in speed.model_dump().items()}
+    metrics[LineageMetric.SIZE] = float(report.model_bytes)
     return metrics
 
 

@@ -4,46 +4,46 @@ figures the report page embeds."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pipeline.core.io import csv_text
+from pipeline.core.outputs import EvaluateReport
 
 
-def plot_tables(report: dict[str, Any], y: np.ndarray, predicted: np.ndarray) -> dict[str, str]:
+def plot_tables(report: EvaluateReport, y: np.ndarray, predicted: np.ndarray) -> dict[str, str]:
     """The CSV files `dvc plots` draws (see the top-level plots in dvc.yaml)."""
-    adversarial = report["adversarial"]
-    faithful = report["explanations"]["faithfulness"]
-    curves = faithful["mean_curves"]
+    adversarial = report.adversarial
+    faithful = report.explanations.faithfulness
+    curves = faithful.mean_curves
     return {
         "confusion.csv": csv_text(
             ["actual", "predicted"], [[int(a), int(b)] for a, b in zip(y, predicted, strict=True)]
         ),
         "adversarial.csv": csv_text(
             ["epsilon", "fgsm", "pgd"],
-            [[e, adversarial["fgsm"][e], adversarial["pgd"][e]] for e in adversarial["fgsm"]],
+            [[e, adversarial.fgsm[e], adversarial.pgd[e]] for e in adversarial.fgsm],
         ),
         "reliability.csv": csv_text(
             ["confidence", "accuracy", "count"],
             [
-                [f"{b['confidence']:.6f}", f"{b['accuracy']:.6f}", b["count"]]
-                for b in report["clean"]["reliability"]
-                if b["count"]
+                [f"{b.confidence:.6f}", f"{b.accuracy:.6f}", b.count]
+                for b in report.clean.reliability
+                if b.count
             ],
         ),
         "deletion.csv": csv_text(
             ["deleted_fraction", *curves],
             [
                 [f"{fraction:.4f}", *(f"{curves[m][i]:.6f}" for m in curves)]
-                for i, fraction in enumerate(faithful["deleted_fraction"])
+                for i, fraction in enumerate(faithful.deleted_fraction)
             ],
         ),
     }
 
 
 def write_figures(
-    folder: Path, name: str, report: dict[str, Any], grid: dict[str, np.ndarray]
+    folder: Path, name: str, report: EvaluateReport, grid: dict[str, np.ndarray]
 ) -> None:
     from pipeline.ml.figures import (
         save_attribution_grid_png,
@@ -52,46 +52,47 @@ def write_figures(
         save_reliability_png,
     )
 
-    clean = report["clean"]
+    clean = report.clean
     save_confusion_png(
-        folder / "confusion.png", np.array(clean["confusion_matrix"]), f"{name}: confusion matrix"
+        folder / "confusion.png", np.array(clean.confusion_matrix), f"{name}: confusion matrix"
     )
-    save_reliability_png(folder / "reliability.png", clean["reliability"], clean["ece"], name)
+    bins = [b.model_dump() for b in clean.reliability]
+    save_reliability_png(folder / "reliability.png", bins, clean.ece, name)
 
     def floats(curve: dict[str, float]) -> dict[float, float]:
         return {float(k): v for k, v in curve.items()}
 
-    adversarial = report["adversarial"]
+    adversarial = report.adversarial
     panels: dict[str, dict[str, dict[float, float]]] = {
         "adversarial (epsilon)": {
-            "keras fgsm": floats(adversarial["fgsm"]),
-            "keras pgd": floats(adversarial["pgd"]),
+            "keras fgsm": floats(adversarial.fgsm),
+            "keras pgd": floats(adversarial.pgd),
             **{
-                f"tflite {variant} pgd (transferred)": floats(v["transferred_attacks"]["pgd"])
-                for variant, v in report["variants"].items()
+                f"tflite {variant} pgd (transferred)": floats(v.transferred_attacks.pgd)
+                for variant, v in report.variants.items()
                 if variant in ("int8", "pruned_int8")
             },
         }
     }
-    for corruption, curve in report["corruptions"].items():
+    for corruption, curve in report.corruptions.items():
         # Severity 0 is the clean test set: every curve starts at its model's accuracy.
         panels[corruption.replace("_", " ")] = {
-            "keras": {0.0: report["clean"]["accuracy"], **floats(curve)},
+            "keras": {0.0: clean.accuracy, **floats(curve)},
             **{
-                f"tflite {variant}": {0.0: v["accuracy"], **floats(v["corruptions"][corruption])}
-                for variant, v in report["variants"].items()
+                f"tflite {variant}": {0.0: v.accuracy, **floats(v.corruptions[corruption])}
+                for variant, v in report.variants.items()
             },
         }
     save_curves_png(
         folder / "robustness.png", panels, f"{name}: accuracy under perturbation", "accuracy"
     )
-    faithful = report["explanations"]["faithfulness"]
-    areas = {**faithful["deletion_auc"], "random": faithful["deletion_auc_random"]}
+    faithful = report.explanations.faithfulness
+    areas = {**faithful.deletion_auc, "random": faithful.deletion_auc_random}
     deletion = {
         f"{method} (AUC {areas[method]:.3f})": dict(
-            zip(faithful["deleted_fraction"], curve, strict=True)
+            zip(faithful.deleted_fraction, curve, strict=True)
         )
-        for method, curve in faithful["mean_curves"].items()
+        for method, curve in faithful.mean_curves.items()
     }
     save_curves_png(
         folder / "deletion.png",
@@ -101,5 +102,5 @@ def write_figures(
         xlabel="fraction of pixels deleted",
     )
     images = grid.pop("images")
-    labels = [f"test #{i}" for i in report["explanations"]["grid_images"]]
+    labels = [f"test #{i}" for i in report.explanations.grid_images]
     save_attribution_grid_png(folder / "attributions.png", images, grid, labels)

@@ -93,10 +93,9 @@ def write_outputs(name: str, variants: list[Any], report: CompressReport) -> Non
                 (staging / f"{variant.name}.tflite").write_bytes(variant.tflite)
             if variant.name == "pruned" and variant.source is not None:
                 save_keras(variant.source, staging / layout.PRUNED_FILE)
-    measured = report.model_dump()
-    points = tradeoff_points(measured)
+    points = tradeoff_points(report)
     report.write(layout.compress_report(name))
-    write_text(layout.compress_report(name, ".md"), markdown_table(name, measured))
+    write_text(layout.compress_report(name, ".md"), markdown_table(name, report))
     write_text(layout.compress_report(name, "_tradeoff.csv"), points_csv(points))
     tradeoff = layout.compress_report(name, "_tradeoff.png")
     save_tradeoff_png(tradeoff, points, f"{name}: size vs accuracy")
@@ -105,7 +104,7 @@ def write_outputs(name: str, variants: list[Any], report: CompressReport) -> Non
 def log_compression(run: str, lineage_run: str, name: str, report: CompressReport) -> None:
     from pipeline.ml.compression_report import headline_metrics
 
-    metrics = headline_metrics(report.model_dump())
+    metrics = headline_metrics(report)
     tracking.log_metrics(run, metrics)
     tracking.log_metrics(lineage_run, metrics)
     reports = [layout.compress_report(name, suffix) for suffix in REPORT_FILES]

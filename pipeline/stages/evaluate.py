@@ -106,12 +106,11 @@ def write_outputs(
 
     x, y = test
     predicted = predict_proba(model, x).argmax(axis=1)
-    measured = report.model_dump(by_alias=True)
     with atomic_path(layout.evaluate_dir(name)) as staging:
         staging.mkdir()
-        for filename, text in plot_tables(measured, y, predicted).items():
+        for filename, text in plot_tables(report, y, predicted).items():
             (staging / filename).write_text(text, encoding="utf-8")
-        write_figures(staging, name, measured, grid)
+        write_figures(staging, name, report, grid)
     timed = EvaluateSpeed.model_validate({**speed, "wall_time_s": time.perf_counter() - started})
     report.write(layout.evaluate_report(name))
     timed.write(layout.evaluate_speed(name))
@@ -123,7 +122,7 @@ def log_evaluation(
 ) -> None:
     from pipeline.ml.evaluation import headline_metrics
 
-    metrics = headline_metrics(report.model_dump(by_alias=True), speed.model_dump())
+    metrics = headline_metrics(report, speed)
     tracking.log_metrics(run, metrics)
     tracking.log_metrics(lineage_run, metrics)
     outputs = [layout.evaluate_report(name), layout.evaluate_speed(name)]
