@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -268,8 +269,8 @@ class EvaluateReport(Output):
 
 
 def mean_accuracy(curves: Curves) -> float:
-    values = [v for curve in curves.values() for v in curve.values()]
-    return sum(values) / len(values)
+    """The mean over every severity of every curve."""
+    return float(np.mean([v for curve in curves.values() for v in curve.values()]))
 
 
 class EvaluateSpeed(Output):

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-TIMING_DIR = Path("reports/timing")
+from pipeline.core.layout import timing_file
+
 PHASES = ("startup", "imports", "data", "compute", "logging", "outputs")
 
 
@@ -104,7 +105,7 @@ class StageTimer:
 
     @property
     def path(self) -> Path:
-        return TIMING_DIR / f"{self.stage.replace('@', '_')}.json"
+        return timing_file(self.stage)
 
     def finish(self, log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
         """Write reports/timing/<stage>.json; `log` sends the same figures to MLflow."""

@@ -13,6 +13,7 @@ from pipeline.core.outputs import (
     EvaluateReport,
     EvaluateSpeed,
     LineageMetric,
+    mean_accuracy,
     severity_key,
 )
 from pipeline.core.params import EvaluateParams, EvaluateTargets
@@ -274,7 +275,7 @@ def headline_metrics(report: EvaluateReport, speed: EvaluateSpeed) -> dict[str, 
         "evaluate.macro_f1": clean.macro_f1,
         "evaluate.ece": clean.ece,
         LineageMetric.ROBUST_ACCURACY: adversarial.robust_accuracy,
-        "evaluate.corruption_accuracy_mean": mean_curve_accuracy(report.corruptions),
+        "evaluate.corruption_accuracy_mean": report.corruption_accuracy_mean,
         "evaluate.ig_completeness_error_max": report.explanations.ig_completeness_error.max,
         **{f"evaluate.fgsm.eps_{e}": value for e, value in adversarial.fgsm.items()},
         **{f"evaluate.pgd.eps_{e}": value for e, value in adversarial.pgd.items()},
@@ -283,16 +284,10 @@ def headline_metrics(report: EvaluateReport, speed: EvaluateSpeed) -> dict[str, 
     }
     for name, variant in report.variants.items():
         metrics[f"evaluate.{name}.accuracy"] = variant.accuracy
-        metrics[f"evaluate.{name}.corruption_accuracy_mean"] = mean_curve_accuracy(
-            variant.corruptions
-        )
+        metrics[f"evaluate.{name}.corruption_accuracy_mean"] = mean_accuracy(variant.corruptions)
         pgd = variant.transferred_attacks.pgd[robust]
         metrics[f"evaluate.{name}.transferred_pgd.eps_{robust}"] = pgd
     # Speed under its own names; LineageMetric.LATENCY (evaluate.latency_ms_batch1) among them.
     metrics |= {f"evaluate.{k}": float(v) for k, v in speed.model_dump().items()}
     metrics[LineageMetric.SIZE] = float(report.model_bytes)
     return metrics
-
-
-def mean_curve_accuracy(curves: dict[str, dict[str, float]]) -> float:
-    return float(np.mean([v for curve in curves.values() for v in curve.values()]))
