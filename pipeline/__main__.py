@@ -1,5 +1,5 @@
 """`python -m pipeline <stage> [args]`: how DVC runs every stage; `python -m pipeline <tool>`
-runs the tools outside the DAG (promote, sweep, generate) the same way.
+runs the tools outside the DAG (promote, sweep, generate, predict) the same way.
 
 A stage that needs TensorFlow goes to a warm server (`pipeline.runtime`), which has TensorFlow and
 MLflow imported already; the others, and every stage when PIPELINE_WARM=0 or no server can be
@@ -16,7 +16,7 @@ from pipeline.runtime import client
 
 STAGES = ("ingest", "validate", "train", "gan", "compress", "evaluate", "report")
 PREWARM = ("ingest", "validate")  # the stages that come before the TensorFlow ones
-TOOLS = ("promote", "sweep", "generate")
+TOOLS = ("promote", "sweep", "generate", "predict")
 
 
 def main() -> int:

@@ -172,3 +172,41 @@ def test_coincident_variants_share_one_label():
         {"variant": "pruned", "size_gzip_kib": 60.0, "accuracy": 0.98},
     ]
     assert list(coincident(points).values()) == [["int8"], ["pruned"], ["float32", "keras_float"]]
+
+
+def fixed_batch_tflite() -> bytes:
+    """A model that converts but cannot run at any batch but 1: it reshapes to a fixed [1, 64]."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 1], tf.float32)])
+    def flat(x):
+        return tf.nn.softmax(tf.reshape(x, [1, 64])[:, :10])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([flat.get_concrete_function()])
+    return converter.convert()
+
+
+def test_a_variant_that_fails_at_run_time_is_reported_with_its_reason(small_cnn, tmp_path):
+    from pipeline.ml.compression import Variant
+
+    model, digits = small_cnn
+    model.save(tmp_path / "model.keras")
+    broken = Variant("float32", "converted, not runnable", fixed_batch_tflite(), model)
+    fine = Variant("int8", "int8", to_tflite(model, "int8", digits["train"][0][:50]), model)
+    report = measure([broken, fine], model, tmp_path / "model.keras", digits["test"], 5, 16)
+    failed = report["variants"]["float32"]
+    assert failed["supported"] is False
+    assert failed["reason"].startswith("fails at run time in LiteRT: RuntimeError: ")
+    assert "\n" not in failed["reason"]
+    assert report["variants"]["int8"]["supported"] is True  # the other variant still measured
+    typed = CompressReport.model_validate({**report, "targets": {}})
+    assert list(typed.supported) == ["int8"]
+
+
+def test_litert_builtin_kernels_give_what_xnnpack_gives(small_cnn):
+    model, digits = small_cnn
+    content = to_tflite(model, "int8", digits["train"][0][:50])
+    x = digits["test"][0]
+    builtin = TFLiteModel(content, kernels="builtin")
+    np.testing.assert_allclose(builtin.predict(x), TFLiteModel(content).predict(x), atol=0.02)
+    assert builtin.kernels == "builtin"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.cli import PipelineError
+from pipeline.core.params import DataParams
 from pipeline.data.sources import (
     load_digits,
     load_idx,
@@ -62,8 +63,11 @@ def test_npz_with_missing_array_or_wrong_shape(tmp_path: Path):
     with pytest.raises(PipelineError, match=r"missing array\(s\) \['y'\]"):
         load_npz(tmp_path / "nolabels.npz")
     np.savez(tmp_path / "flat.npz", x=x.reshape(len(x), -1), y=y)
-    with pytest.raises(PipelineError, match="images must be N×H×W or N×H×W×1"):
+    with pytest.raises(PipelineError, match="images must be N×H×W, N×H×W×1 or N×H×W×3"):
         load_npz(tmp_path / "flat.npz")
+    np.savez(tmp_path / "two_channels.npz", x=np.repeat(x[..., None], 2, axis=-1), y=y)
+    with pytest.raises(PipelineError, match=r"got shape \(\d+, 8, 8, 2\)"):
+        load_npz(tmp_path / "two_channels.npz")
     np.savez(tmp_path / "short.npz", x=x, y=y[:-1])
     with pytest.raises(PipelineError, match="one entry per image"):
         load_npz(tmp_path / "short.npz")
@@ -100,7 +104,7 @@ def test_idx_round_trip(tmp_path: Path, compress: bool):
     # Sorted by name: t10k before train.
     np.testing.assert_array_equal(raw.y, np.concatenate([y[60:], y[:60]]))
     np.testing.assert_array_equal(raw.x[..., 0], np.concatenate([x[60:], x[:60]]))
-    assert load_source("idx", str(tmp_path)).x.shape == raw.x.shape
+    assert load_source(DataParams(source="idx", path=str(tmp_path))).x.shape == raw.x.shape
 
 
 def test_idx_truncated_and_corrupt(tmp_path: Path):
@@ -143,7 +147,7 @@ def test_fashion_mnist_loads_through_keras_from_its_cache(tmp_path: Path, monkey
     for prefix, sl in (("train", slice(0, 30)), ("t10k", slice(30, None))):
         write_idx(cache / f"{prefix}-labels-idx1-ubyte.gz", y[sl], compress=True)
         write_idx(cache / f"{prefix}-images-idx3-ubyte.gz", x[sl], compress=True)
-    raw = load_source("fashion_mnist", None)
+    raw = load_source(DataParams(source="fashion_mnist"))
     assert raw.x.shape == (len(x), 28, 28, 1) and raw.pixel_max == 255.0
     np.testing.assert_array_equal(raw.y, y)
 
@@ -159,7 +163,7 @@ def test_keras_source_offline_is_a_clear_error(monkeypatch):
     with pytest.raises(
         PipelineError, match="data.source=mnist: could not download it through Keras"
     ):
-        load_source("mnist", None)
+        load_source(DataParams(source="mnist"))
 
 
 def test_stratified_split_is_disjoint_proportional_and_seeded():

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
 from pipeline.core.cli import PipelineError
-from pipeline.core.params import Params, load_params
+from pipeline.core.params import DataParams, Params, load_params
+from pipeline.data import images
 from pipeline.data.prepared import Prepared, build_manifest, load_prepared, write_prepared
 from pipeline.data.sources import RawData, load_source, npz_bytes, read_idx
 from tests.conftest import REPO
@@ -202,7 +203,7 @@ npy_headers = st.builds(
 
 
 def check_raw(raw: RawData) -> None:
-    assert raw.x.ndim == 4 and raw.x.shape[-1] == 1
+    assert raw.x.ndim == 4 and raw.x.shape[-1] in (1, 3)
     assert raw.x.dtype.kind in "uif", raw.x.dtype
     assert raw.y.shape == (len(raw.x),) and raw.y.dtype == np.int64
     assert raw.pixel_max in (1.0, 255.0)
@@ -212,7 +213,7 @@ def load_npz_bytes(data: bytes) -> None:
     with scratch() as folder:
         path = folder / "data.npz"
         path.write_bytes(data)
-        raw = attempt(lambda: load_source("npz", str(path)), path)
+        raw = attempt(lambda: load_source(DataParams(source="npz", path=str(path))), path)
         if raw is not None:
             check_raw(raw)
 
@@ -264,11 +265,17 @@ def test_npz_any_arrays(arrays: tuple[np.ndarray, np.ndarray]) -> None:
     with scratch() as folder:
         path = folder / "data.npz"
         np.savez(path, x=x, y=y)
-        raw = attempt(lambda: load_source("npz", str(path)), path)
+        # The colour each array already has: no conversion, so the pixels must come back.
+        colour = "rgb" if x.ndim == 4 and x.shape[-1] == 3 else "grayscale"
+        data = DataParams(source="npz", path=str(path), color=colour)
+        raw = attempt(lambda: load_source(data), path)
         if raw is not None:
             check_raw(raw)
             np.testing.assert_array_equal(raw.x.reshape(x.shape), x)
             np.testing.assert_array_equal(raw.y, y)  # no label changed on the way to int64
+            grey = DataParams(source="npz", path=str(path), color="grayscale")
+            converted = attempt(lambda: load_source(grey), path)
+            assert converted is not None and converted.x.shape == (*raw.x.shape[:3], 1)
 
 
 # --- IDX ----------------------------------------------------------------------------------
@@ -327,6 +334,58 @@ def test_idx_gzip_stream_mutated(data: bytes) -> None:
     read_idx_bytes(data, "a-images-idx3-ubyte.gz")
 
 
+# --- image files (the folder source's decoders) --------------------------------------------
+
+
+def image_seed(suffix: str, mode: str) -> bytes:
+    """A small image in one of the folder source's formats, as its file bytes."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format={"jpg": "JPEG", "tif": "TIFF"}.get(suffix, suffix.upper()))
+    return buffer.getvalue()
+
+
+IMAGE_SEEDS = {
+    f"{mode}.{suffix}": image_seed(suffix, mode)
+    for suffix, modes in {
+        "png": ("RGB", "RGBA", "L", "P", "I;16"),
+        "jpg": ("RGB", "L", "CMYK"),
+        "bmp": ("RGB", "P"),
+        "gif": ("P",),
+        "tif": ("RGB", "CMYK", "I;16"),
+        "webp": ("RGB", "RGBA"),
+    }.items()
+    for mode in modes
+}
+
+
+def decode_image_bytes(data: bytes, name: str) -> None:
+    with scratch() as folder:
+        path = folder / name
+        path.write_bytes(data)
+        for channels in (1, 3):
+            pixels = attempt(lambda c=channels: images.to_array(images.decode(path), c), path)
+            if pixels is not None:
+                assert pixels.dtype == np.uint8 and pixels.ndim == 3
+                assert pixels.shape[-1] == channels
+
+
+@FUZZ
+@given(st.sampled_from(sorted(IMAGE_SEEDS)), st.data())
+def test_image_files_mutated(name: str, data: st.DataObject) -> None:
+    suffix = name.rsplit(".", 1)[1]
+    decode_image_bytes(data.draw(mutated([IMAGE_SEEDS[name]])), f"image.{suffix}")
+
+
+@FUZZ
+@given(random_bytes, st.sampled_from(sorted(images.IMAGE_SUFFIXES)))
+def test_image_files_random_bytes(data: bytes, suffix: str) -> None:
+    decode_image_bytes(data, f"image{suffix}")
+
+
 @st.composite
 def idx_headers(draw: st.DrawFn) -> bytes:
     """A well-formed IDX header whose dimensions claim anything up to 2**32 - 1 each."""
@@ -365,7 +424,7 @@ def test_idx_folder(images: bytes, labels: bytes, gz: bool) -> None:
             (folder / f"train-{name}-ubyte{suffix}").write_bytes(
                 gzip.compress(data) if gz else data
             )
-        raw = attempt(lambda: load_source("idx", str(folder)), folder)
+        raw = attempt(lambda: load_source(DataParams(source="idx", path=str(folder))), folder)
         if raw is not None:
             check_raw(raw)
 
@@ -529,7 +588,7 @@ def test_npz_regressions(data: bytes) -> None:
     with scratch() as folder:
         path = folder / "data.npz"
         path.write_bytes(data)
-        assert attempt(lambda: load_source("npz", str(path)), path) is None
+        assert attempt(lambda: load_source(DataParams(source="npz", path=str(path))), path) is None
 
 
 def laughs(levels: int) -> str:

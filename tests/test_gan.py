@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from pipeline.core.cli import PipelineError
 from pipeline.core.params import GanParams
 from pipeline.ml.gan import generate, train_gan
 from pipeline.ml.gan_metrics import (
@@ -17,7 +16,15 @@ from tests.conftest import make_prepared, synthetic_images
 
 @pytest.mark.parametrize(
     ("shape", "widths"),
-    [((8, 8, 1), [128, 64]), ((28, 28, 1), [64, 32]), ((16, 16, 1), [32, 16, 8]), ((8, 8, 1), [4])],
+    [
+        ((8, 8, 1), [128, 64]),
+        ((28, 28, 1), [64, 32]),
+        ((16, 16, 1), [32, 16, 8]),
+        ((8, 8, 1), [4]),
+        ((25, 25, 3), [16, 8]),  # odd sides: generated at 28×28, centre-cropped
+        ((28, 28, 3), [8, 8, 8]),  # three doublings overshoot 28: 32×32 cropped
+        ((9, 14, 1), [8, 8]),
+    ],
 )
 def test_generator_and_discriminator_shapes(shape, widths):
     p = GanParams(latent_dim=7, generator_widths=widths, discriminator_widths=[8, 16])
@@ -31,9 +38,12 @@ def test_generator_and_discriminator_shapes(shape, widths):
     assert discriminator([images, labels], training=False).shape == (5, 1)
 
 
-def test_generator_refuses_sizes_it_cannot_reach():
-    with pytest.raises(PipelineError, match="divisible by 8, images are 28×28"):
-        build_generator(GanParams(generator_widths=[8, 8, 8]), (28, 28, 1), 10)
+def test_a_generator_whose_doublings_overshoot_crops_the_centre():
+    generator = build_generator(GanParams(generator_widths=[8, 8]), (25, 26, 3), 2)
+    crop = generator.get_layer("crop")
+    assert crop.input.shape[1:3] == (28, 28)  # a 7×7 seed map doubled twice
+    assert crop.cropping == ((1, 2), (1, 1))
+    assert "crop" not in [layer.name for layer in build_generator(GanParams(), (8, 8, 1), 2).layers]
 
 
 def test_conditioning_changes_the_output():

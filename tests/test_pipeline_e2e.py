@@ -87,7 +87,18 @@ def test_repro_writes_every_declared_output(project: Path):
     assert (project / "reports/validation/data_docs/index.html").exists()
     for name in MODELS:
         folder = project / "models" / name
-        assert {p.name for p in folder.iterdir()} == {"model.keras", "history.csv", "lineage.json"}
+        assert {p.name for p in folder.iterdir()} == {
+            "model.keras",
+            "history.csv",
+            "lineage.json",
+            "inputs.json",
+        }
+        assert read(folder / "inputs.json") == {
+            "image_shape": [8, 8, 1],
+            "image_size": None,
+            "class_names": list("0123456789"),
+            "source": "digits",
+        }
         metrics = read(project / f"reports/train/{name}.json")
         assert 1 <= metrics["epochs_trained"] <= 4
         assert 0.3 < metrics["test_accuracy"] <= 1.0, (name, metrics)  # chance is 0.1
@@ -532,6 +543,39 @@ def test_the_champion_serves_digits_over_http(project: Path):
     assert accuracy > 0.3
 
 
+def test_predict_asks_the_registered_champion_as_it_asks_the_local_model(
+    project: Path, tmp_path: Path
+):
+    """NPZ in, the registry's version out: the champion is the CNN this run trained, so both
+    routes must give the same CSV, and its accuracy is evaluate's."""
+    from PIL import Image
+
+    with np.load(project / "data/prepared/test.npz") as split:
+        x, y = split["x"], split["y"]
+    np.savez(tmp_path / "test.npz", x=x, y=y)
+    csvs = {}
+    for route in (["--model", "cnn"], ["--registered", "digits-cnn@champion"]):
+        out = tmp_path / f"{route[1]}.csv"
+        done = run(project, "python", "-m", "pipeline", "predict", str(tmp_path / "test.npz"),
+                   *route, "--out", str(out))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        csvs[route[0]] = out.read_text()
+    assert csvs["--model"] == csvs["--registered"]
+    rows = [line.split(",") for line in csvs["--model"].splitlines()]
+    assert rows[0][:3] == ["file", "predicted", "p_0"] and len(rows) == len(y) + 1
+    predicted = np.array([int(row[1]) for row in rows[1:]])
+    accuracy = read(project / "reports/evaluate/cnn.json")["clean"]["accuracy"]
+    assert np.mean(predicted == y) == accuracy
+    # A PNG of another size is refused in one line naming it (no image_size to resize with).
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "odd.png")
+    refused = run(project, "python", "-m", "pipeline", "predict", str(tmp_path / "odd.png"))
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"predict: error: {tmp_path / 'odd.png'}: images are 9×9, the model takes 8×8 "
+        "(trained without data.image_size, so images are not resized)"
+    )
+
+
 def link_environment(project: Path) -> None:
     """Let `make` in the copy use this checkout's environment instead of building one."""
     if not (project / ".venv").exists():
@@ -625,7 +669,7 @@ def test_bad_dataset_fails_validation_and_no_training_runs(project: Path):
     labels = digits.target.copy()
     labels[::50] = 11  # 36 images with a label outside 0..9
     np.savez(project / "data/bad.npz", x=(digits.images / 16.0).astype(np.float32), y=labels)
-    update_params(project, {"data": {"source": "npz", "path": "data/bad.npz"}})
+    update_params(project, {"data": {"source": "npz", "path": "data/bad.npz", "num_classes": 10}})
     result = run(project, "dvc", "repro")
     assert result.returncode != 0
     output = result.stdout + result.stderr

@@ -132,3 +132,25 @@ def test_images_shared_between_train_and_test_fail_as_leakage(digits_prepared):
     # Both sides of each pair are flagged: five rows in train and five in test.
     assert sorted(p.split(":")[0] for p in leaks) == ["split 'test'", "split 'train'"], failed
     assert all("5 unexpected" in p for p in leaks), leaks
+
+
+def test_a_fault_in_one_colour_channel_alone_fails(digits_prepared):
+    """Colour data: the per-image statistics span every channel, so a NaN or an out-of-range
+    value in the blue channel only is caught as surely as in a grey image."""
+    colour = {
+        name: (np.repeat(x, 3, axis=-1), y) for name, (x, y) in digits_prepared.splits.items()
+    }
+    rgb = Prepared(splits=colour, manifest=build_manifest(colour, source="test", num_classes=10))
+    assert failed_phrases(rgb) == []
+    x, _ = colour["val"]
+    x = x.copy()
+    x[0, 3, 3, 2] = np.nan
+    x[1, 5, 5, 2] = 1.5
+    x[2, 0, 0, 1] = -0.5
+    failed = " | ".join(failed_phrases(modified(rgb, "val", x=x)))
+    assert "split 'val': expect_column_values_to_be_in_set(nan_count): 1 unexpected" in failed
+    assert "split 'val': expect_column_values_to_be_between(pixel_max): 1 unexpected" in failed
+    assert "split 'val': expect_column_values_to_be_between(pixel_min): 1 unexpected" in failed
+    grey = image_table(digits_prepared["val"][0], digits_prepared["val"][1], "val")
+    assert set(grey["shape"]) == {"8x8x1"}
+    assert set(image_table(x, digits_prepared["val"][1], "val")["shape"]) == {"8x8x3"}

@@ -28,6 +28,7 @@ MODELS_DIR = Path("models")
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 LINEAGE_FILE = "lineage.json"  # the model's MLflow lineage run id, written by its train stage
+INPUTS_FILE = "inputs.json"  # the model's input shape, preprocessing and class names
 TRAIN_REPORTS = Path("reports/train")
 CHECKPOINTS = Path(".checkpoints")  # interrupted trainings, kept until a rerun completes them
 

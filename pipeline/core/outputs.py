@@ -23,7 +23,7 @@ from pydantic import (
 
 from pipeline.core.cli import PipelineError, first_line
 from pipeline.core.io import read_json, write_json
-from pipeline.core.layout import LINEAGE_FILE
+from pipeline.core.layout import INPUTS_FILE, LINEAGE_FILE
 from pipeline.core.params import describe_errors
 
 Curve = dict[str, float]  # severity (as written by `severity_key`) -> accuracy
@@ -101,6 +101,34 @@ class Lineage(Output):
         return cls.read(folder / LINEAGE_FILE)
 
 
+class ModelInputs(Output):
+    """`models/<name>/inputs.json` (and `inputs.json` on its lineage run): what the model takes
+    and what its outputs mean, so `predict` prepares a new image exactly as ingest prepared the
+    training images and names the classes."""
+
+    made_by: ClassVar[str] = "the stage that trains this model"
+    image_shape: tuple[int, int, int]  # H, W, C
+    image_size: tuple[int, int] | None  # data.image_size: files were resized to it
+    class_names: list[str]
+    source: str
+
+    @classmethod
+    def of(cls, folder: Path) -> ModelInputs:
+        return cls.read(folder / INPUTS_FILE)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ModelInputs:
+        shape = manifest["image_shape"]
+        names = manifest.get("class_names") or [str(c) for c in range(manifest["num_classes"])]
+        size = manifest.get("image_size")
+        return cls(
+            image_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+            image_size=(int(size[0]), int(size[1])) if size else None,
+            class_names=[str(name) for name in names],
+            source=str(manifest["source"]),
+        )
+
+
 class TrainMetrics(Output):
     """reports/train/<name>.json."""
 
@@ -152,6 +180,7 @@ class KerasFloat(Output):
 class SupportedVariant(Output):
     supported: Literal[True] = True
     description: str
+    kernels: Literal["xnnpack", "builtin"] = "xnnpack"  # LiteRT's XNNPACK delegate, or not
     accuracy: float
     source_keras_accuracy: float  # the Keras model it was converted from
     sparsity: float
@@ -184,6 +213,7 @@ class CompressReport(Output):
 
 class ClassScores(Output):
     class_: int = Field(alias="class")
+    name: str
     precision: float
     recall: float
     f1: float

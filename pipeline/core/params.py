@@ -24,6 +24,7 @@ Activation = Literal["relu", "tanh", "sigmoid", "gelu", "elu", "selu", "swish"]
 Initializer = Literal["he_normal", "he_uniform", "glorot_uniform", "glorot_normal", "lecun_normal"]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Units = Annotated[int, Field(ge=1, le=4096)]
+Side = Annotated[int, Field(ge=8, le=4096)]  # an image side in pixels
 
 
 class Strict(BaseModel):
@@ -31,17 +32,34 @@ class Strict(BaseModel):
 
 
 class DataParams(Strict):
-    source: Literal["digits", "mnist", "fashion_mnist", "npz", "idx"] = "digits"
-    # npz: a file with `x` (N×H×W or N×H×W×1) and `y` arrays; idx: a folder of MNIST IDX files.
+    source: Literal["digits", "mnist_5k", "mnist", "fashion_mnist", "npz", "idx", "folder"] = (
+        "digits"
+    )
+    # npz: a file with `x` (N×H×W, N×H×W×1 or N×H×W×3) and `y` arrays; idx: a folder of MNIST
+    # IDX files; folder: a folder with one subfolder of image files per class.
     path: str | None = None
-    num_classes: int = Field(10, ge=2, le=1000)
+    # Derived from the labels (or class folders) when null; when given, checked against them.
+    num_classes: int | None = Field(None, ge=2, le=1000)
+    # Names of classes 0, 1, ... for npz and idx labels; folders name their classes themselves.
+    class_names: tuple[str, ...] | None = None
+    # [H, W]: every image resized to it (Pillow's bilinear filter); null: images keep their size,
+    # which must then be the same for all.
+    image_size: tuple[Side, Side] | None = None
+    # auto: RGB when any image has colour, else grayscale.
+    color: Literal["auto", "grayscale", "rgb"] = "auto"
+    # folder: skip (and count) image files that cannot be decoded instead of stopping.
+    skip_unreadable: bool = False
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.2
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
-        if self.source in ("npz", "idx") and not self.path:
+        if self.source in ("npz", "idx", "folder") and not self.path:
             raise ValueError(f"source '{self.source}' needs data.path")
+        if self.class_names is not None and self.source != "npz" and self.source != "idx":
+            raise ValueError(f"class_names: source '{self.source}' names its classes itself")
+        if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
+            raise ValueError("class_names: names must be distinct")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
         return self

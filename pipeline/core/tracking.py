@@ -7,6 +7,7 @@ in `models/<name>/lineage.json`, and later stages add to the same run. Logging i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -277,10 +278,14 @@ def log_artifacts(run_id: str, paths: list[Path], artifact_path: str | None = No
 
 
 def data_tags(manifest: Mapping[str, Any], seed: int, extra: Mapping[str, str]) -> dict[str, Any]:
-    """The tags every lineage run carries: which data (source and content hash) and seed."""
+    """The tags every lineage run carries: which data (source, content hash, classes by name)
+    and seed. The full list of names is the run's inputs.json; the tag holds what fits."""
+    names = manifest.get("class_names") or [str(c) for c in range(manifest["num_classes"])]
     return {
         "dataset": manifest["source"],
         "data_hash": manifest["content_hash"],
+        "num_classes": len(names),
+        "class_names": _param_value(json.dumps(names, ensure_ascii=False)),
         "seed": seed,
         **extra,
     }
@@ -366,6 +371,25 @@ def alias_version(name: str, alias: str) -> dict[str, str] | None:
             return None
         raise
     return {"version": str(found.version), "run_id": str(found.run_id)}
+
+
+def load_registered(name: str, alias: str, inputs_file: str) -> tuple[Any, dict[str, Any]]:
+    """The Keras model of registered model `name`'s version at `alias`, and the inputs file
+    its lineage run logged."""
+    import mlflow.artifacts
+    import mlflow.tensorflow
+
+    found = alias_version(name, alias)
+    if found is None:
+        raise PipelineError(f"registered model {name!r} has no version with alias {alias!r}")
+    try:
+        inputs = mlflow.artifacts.load_dict(f"runs:/{found['run_id']}/{inputs_file}")
+    except MlflowException:
+        raise PipelineError(
+            f"{name}@{alias} (version {found['version']}): its run logged no {inputs_file}; "
+            "retrain it with this version of the pipeline"
+        ) from None
+    return mlflow.tensorflow.load_model(f"models:/{name}@{alias}"), inputs
 
 
 def register_version(name: str, run_id: str, tags: Mapping[str, Any]) -> str:

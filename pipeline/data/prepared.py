@@ -15,6 +15,7 @@ from pipeline.core.params import DataParams
 from pipeline.data.sources import (
     NPZ_ERRORS,
     SPLITS,
+    RawData,
     load_source,
     read_npz,
     scale_pixels,
@@ -24,7 +25,7 @@ from pipeline.data.sources import (
 
 @dataclass(frozen=True)
 class Prepared:
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (x float32 N×H×W×1, y int64)
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (x float32 N×H×W×C, y int64)
     manifest: dict[str, Any]
 
     def __getitem__(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,23 +44,54 @@ class Prepared:
     def num_classes(self) -> int:
         return int(self.manifest["num_classes"])
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names of classes 0, 1, ... (label numbers for data prepared without names)."""
+        names = self.manifest.get("class_names") or range(self.num_classes)
+        return tuple(str(name) for name in names)
+
 
 def prepare(data: DataParams, seed: int) -> Prepared:
     """The configured source, scaled to [0, 1] and split stratified: what ingest writes."""
-    raw = load_source(data.source, data.path)
+    raw = load_source(data)
+    names = class_names(raw, data)
     x = scale_pixels(raw.x, raw.pixel_max)
     splits = stratified_split(x, raw.y, data.val_fraction, data.test_fraction, seed)
     manifest = build_manifest(
         splits,
         source=data.source,
         path=data.path,
-        num_classes=data.num_classes,
+        num_classes=len(names),
+        class_names=list(names),
+        image_size=list(data.image_size) if data.image_size else None,
+        color=data.color,
+        files=raw.files,
         pixel_max=raw.pixel_max,
         seed=seed,
         val_fraction=data.val_fraction,
         test_fraction=data.test_fraction,
     )
     return Prepared(splits=splits, manifest=manifest)
+
+
+def class_names(raw: RawData, data: DataParams) -> tuple[str, ...]:
+    """The classes, by name: the source's own names (class folders, the digit sets), else
+    data.class_names, else the label numbers. How many: data.num_classes when given, else as
+    many as there are names, else the highest label + 1. Labels outside that range are left
+    for validation to report, naming them."""
+    given = raw.class_names or data.class_names
+    count = data.num_classes or (len(given) if given else int(raw.y.max()) + 1)
+    if given is not None and len(given) != count:
+        raise PipelineError(
+            f"data.num_classes is {count}, but the data has {len(given)} classes "
+            f"({_listed(given)}); set it to {len(given)} or null"
+        )
+    return tuple(given or (str(label) for label in range(count)))
+
+
+def _listed(names: tuple[str, ...], most: int = 6) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", … ({len(names)} in all)" if len(names) > most else "")
 
 
 def content_hash(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:

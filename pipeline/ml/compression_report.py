@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.cli import first_line
 from pipeline.core.io import csv_text
 from pipeline.core.outputs import Check, Checks, CompressReport, UnsupportedVariant
 from pipeline.core.params import CompressTargets
@@ -53,18 +54,28 @@ def measure(
             }
             continue
         runner = TFLiteModel(variant.tflite)
-        predicted = runner.predict(x, batch).argmax(axis=1)
+        try:
+            predicted = runner.predict(x, batch).argmax(axis=1)
+            speed = latency_stats(runner.invoke, x, runs, batch)
+        except (RuntimeError, ValueError) as error:  # converted, but LiteRT cannot run it
+            results[variant.name] = {
+                "supported": False,
+                "description": variant.description,
+                "reason": f"fails at run time in LiteRT: {first_line(error)}",
+            }
+            continue
         source = variant.source.predict(x, verbose=0).argmax(axis=1)
         results[variant.name] = {
             "supported": True,
             "description": variant.description,
+            "kernels": runner.kernels,
             "accuracy": float(np.mean(predicted == y)),
             # The Keras model it was converted from: a gap here is the converter's doing.
             "source_keras_accuracy": float(np.mean(source == y)),
             "sparsity": weight_sparsity(variant.source),
             **sizes(variant.tflite),
             "dtypes": tensor_dtypes(variant.tflite),
-            "speed": latency_stats(runner.invoke, x, runs, batch),
+            "speed": speed,
         }
     return {"keras_float": baseline, "variants": results}
 

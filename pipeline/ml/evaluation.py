@@ -4,7 +4,7 @@ same corruptions and the attacks crafted on their float parent."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,15 +27,16 @@ def accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
 
 
 def clean_performance(
-    probabilities: np.ndarray, y: np.ndarray, num_classes: int, bins: int
+    probabilities: np.ndarray, y: np.ndarray, class_names: Sequence[str], bins: int
 ) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1, the confusion matrix and calibration."""
+    """Accuracy, per-class precision/recall/F1 (each class named), the confusion matrix and
+    calibration."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from pipeline.ml.robustness import calibration
 
     predicted = probabilities.argmax(axis=1)
-    labels = list(range(num_classes))
+    labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y, predicted, labels=labels, zero_division=0
     )
@@ -47,6 +48,7 @@ def clean_performance(
         "per_class": [
             {
                 "class": c,
+                "name": class_names[c],
                 "precision": float(precision[c]),
                 "recall": float(recall[c]),
                 "f1": float(f1[c]),
@@ -186,7 +188,7 @@ def evaluate_model(
     model: Any,
     variants: dict[str, tuple[Predict, Any, str]],
     test: tuple[np.ndarray, np.ndarray],
-    num_classes: int,
+    class_names: Sequence[str],
     p: EvaluateParams,
     seed: int,
     targets: EvaluateTargets | None = None,
@@ -209,7 +211,7 @@ def evaluate_model(
     adversarial = accuracy_curves(predict, attacks, y)
     report: dict[str, Any] = {
         "test_images": len(y),
-        "clean": clean_performance(predict(x), y, num_classes, p.calibration_bins),
+        "clean": clean_performance(predict(x), y, class_names, p.calibration_bins),
         "adversarial": {
             **adversarial,
             "robust_epsilon": p.robust_epsilon,

@@ -54,7 +54,10 @@ def write_figures(
 
     clean = report.clean
     save_confusion_png(
-        folder / "confusion.png", np.array(clean.confusion_matrix), f"{name}: confusion matrix"
+        folder / "confusion.png",
+        np.array(clean.confusion_matrix),
+        f"{name}: confusion matrix",
+        [scores.name for scores in clean.per_class],
     )
     bins = [b.model_dump() for b in clean.reliability]
     save_reliability_png(folder / "reliability.png", bins, clean.ece, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +12,33 @@ from pipeline.core.io import atomic_path
 
 
 def image_grid(images: np.ndarray, scale: int = 4, pad: int = 1) -> np.ndarray:
-    """Rows×columns of H×W×1 images in [0, 1] as one grey image, each pixel scale×scale."""
-    rows, cols, height, width = images.shape[:4]
+    """Rows×columns of H×W×C images in [0, 1] as one H'×W'×C image, each pixel scale×scale,
+    on a white background."""
+    rows, cols, height, width, channels = images.shape
     tile_h, tile_w = height * scale + pad, width * scale + pad
-    grid = np.ones((rows * tile_h + pad, cols * tile_w + pad), dtype=np.float32)
+    grid = np.ones((rows * tile_h + pad, cols * tile_w + pad, channels), dtype=np.float32)
     for r in range(rows):
         for c in range(cols):
-            tile = np.kron(np.clip(images[r, c, ..., 0], 0, 1), np.ones((scale, scale)))
+            tile = np.clip(images[r, c], 0, 1).repeat(scale, axis=0).repeat(scale, axis=1)
             top, left = pad + r * tile_h, pad + c * tile_w
             grid[top : top + height * scale, left : left + width * scale] = tile
     return grid
 
 
+def displayable(image: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """An H×W×C image in [0, 1] as imshow/imsave take it: grey maps through the grey colour
+    map, colour (C = 3) shows as RGB."""
+    if image.shape[-1] == 1:
+        return image[..., 0], {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+    return np.clip(image, 0, 1), {}
+
+
 def save_grid_png(path: Path, images: np.ndarray, scale: int = 4) -> None:
+    """Rows×columns×H×W×C images in [0, 1] as one PNG grid (grey or colour)."""
     plt = pyplot()
+    pixels, style = displayable(image_grid(images, scale))
     with atomic_path(path) as tmp:
-        plt.imsave(tmp, image_grid(images, scale), cmap="gray", vmin=0.0, vmax=1.0, format="png")
+        plt.imsave(tmp, pixels, format="png", **style)
 
 
 def save_tradeoff_png(path: Path, points: list[dict], title: str) -> None:
@@ -84,14 +96,19 @@ def _save(figure: Any, path: Path) -> None:
         plt.close(figure)
 
 
-def save_confusion_png(path: Path, matrix: np.ndarray, title: str) -> None:
-    """Counts of (true class, predicted class), darker for more; the diagonal is right."""
+def save_confusion_png(
+    path: Path, matrix: np.ndarray, title: str, class_names: Sequence[str]
+) -> None:
+    """Counts of (true class, predicted class), darker for more; the diagonal is right. Up to
+    30 classes are named and counted in their cells; more would not be legible."""
     plt = pyplot()
     matrix = np.asarray(matrix)
-    figure, axes = plt.subplots(figsize=(5.2, 4.6), dpi=110)
+    side = min(5.2 + 0.18 * max(len(matrix) - 10, 0), 12)
+    figure, axes = plt.subplots(figsize=(side, side - 0.6), dpi=110)
     image = axes.imshow(matrix, cmap="Blues")
     classes = range(len(matrix))
-    for true in classes:
+    legible = len(matrix) <= 30
+    for true in classes if legible else ():
         for predicted in classes:
             count = int(matrix[true, predicted])
             if count:
@@ -105,8 +122,9 @@ def save_confusion_png(path: Path, matrix: np.ndarray, title: str) -> None:
                     fontsize=7,
                     color="white" if dark else "black",
                 )
-    axes.set_xticks(list(classes))
-    axes.set_yticks(list(classes))
+    if legible:
+        axes.set_xticks(list(classes), list(class_names), rotation=90 if len(matrix) > 10 else 0)
+        axes.set_yticks(list(classes), list(class_names))
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     axes.set_title(title)
@@ -194,11 +212,12 @@ def save_attribution_grid_png(
         rows, columns, figsize=(1.3 * columns, 1.3 * rows + 0.4), dpi=110, squeeze=False
     )
     for r in range(rows):
-        axes[r][0].imshow(images[r, ..., 0], cmap="gray", vmin=0, vmax=1)
+        pixels, style = displayable(images[r])
+        axes[r][0].imshow(pixels, **style)
         axes[r][0].set_ylabel(labels[r], fontsize=7)
         for c, (method, heat) in enumerate(maps.items(), start=1):
             magnitude = np.abs(heat[r])
-            axes[r][c].imshow(images[r, ..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[r][c].imshow(pixels, **style)
             axes[r][c].imshow(
                 magnitude / max(float(magnitude.max()), 1e-12), cmap="inferno", alpha=0.6
             )

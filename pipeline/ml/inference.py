@@ -12,21 +12,34 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from pipeline.core.cli import PipelineError
 
 
 class TFLiteModel:
-    """A TFLite flatbuffer run through the LiteRT interpreter, as a deployed model would be."""
+    """A TFLite flatbuffer run through the LiteRT interpreter, as a deployed model would be.
 
-    def __init__(self, content: bytes, threads: int = 1) -> None:
-        self.content, self.threads = content, threads
+    LiteRT hands what it can to its XNNPACK delegate. Where XNNPACK cannot prepare a graph
+    (seen on a 28-step unrolled LSTM at batch 64: "failed to create XNNPACK runtime"), the
+    model runs on LiteRT's built-in kernels instead, and `kernels` says so."""
+
+    def __init__(self, content: bytes, threads: int = 1, kernels: str = "xnnpack") -> None:
+        self.content, self.threads, self.kernels = content, threads, kernels
         self._interpreters: dict[int, Interpreter] = {}
 
     def interpreter(self, batch: int) -> Interpreter:
         if batch not in self._interpreters:
-            interpreter = Interpreter(model_content=self.content, num_threads=self.threads)
+            resolver = (
+                OpResolverType.AUTO
+                if self.kernels == "xnnpack"
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
+            interpreter = Interpreter(
+                model_content=self.content,
+                num_threads=self.threads,
+                experimental_op_resolver_type=resolver,
+            )
             index = interpreter.get_input_details()[0]["index"]
             shape = interpreter.get_input_details()[0]["shape"]
             if shape[0] != batch:
@@ -51,6 +64,16 @@ class TFLiteModel:
         return (y.astype(np.float32) - zero) * scale
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return self._invoke(x)
+        except RuntimeError as error:
+            if self.kernels != "xnnpack" or "XNNPACK" not in str(error):
+                raise
+            self.kernels = "builtin"  # every batch size from now on
+            self._interpreters.clear()
+            return self._invoke(x)
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         interpreter = self.interpreter(len(x))
         interpreter.set_tensor(
             interpreter.get_input_details()[0]["index"], self._quantize_input(interpreter, x)

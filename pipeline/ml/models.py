@@ -1,7 +1,7 @@
 """Model architectures, built from params. Each is a short function over tf_keras layers.
 
-Every classifier takes images H×W×1 in [0, 1] and returns class probabilities (softmax), so the
-later stages (compress, evaluate, serving) treat all families alike.
+Every classifier takes images H×W×C (C 1 or 3) in [0, 1] and returns class probabilities
+(softmax), so the later stages (compress, evaluate, serving) treat all families alike.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Callable
 import numpy as np
 import tf_keras as keras
 
-from pipeline.core.cli import PipelineError
 from pipeline.core.params import (
     CNNParams,
     FNNParams,
@@ -93,9 +92,10 @@ def build_cnn(p: CNNParams, input_shape: tuple[int, ...], num_classes: int) -> k
 
 
 def build_lstm(p: LSTMParams, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    height, width = input_shape[0], input_shape[1]
+    height, width, channels = input_shape
     inputs = keras.Input(input_shape, name="image")
-    x = keras.layers.Reshape((height, width), name="rows")(inputs)  # a sequence of image rows
+    # A sequence of image rows: each row a step of W·C features.
+    x = keras.layers.Reshape((height, width * channels), name="rows")(inputs)
     for i, units in enumerate(p.units):
         last = i == len(p.units) - 1
         lstm = keras.layers.LSTM(
@@ -139,22 +139,19 @@ def build_generator(p: GanParams, image_shape: tuple[int, ...], num_classes: int
     """Conditional DCGAN generator: (latent vector, label) -> image in [0, 1].
 
     The label's learned embedding is concatenated to the latent vector; each transposed
-    convolution doubles the map until it reaches the image size.
+    convolution doubles the map, from a seed map of ceil(side / 2**upsamplings), and the last
+    map is cropped (centred) to the image size when the doubling overshoots it.
     """
     height, width, channels = image_shape
     factor = 2 ** len(p.generator_widths)
-    if height % factor or width % factor:
-        raise PipelineError(
-            f"gan.generator_widths: {len(p.generator_widths)} upsamplings need image sides "
-            f"divisible by {factor}, images are {height}×{width}"
-        )
+    seed_h, seed_w = -(-height // factor), -(-width // factor)
     latent = keras.Input((p.latent_dim,), name="latent")
     label = keras.Input((), dtype="int32", name="label")
     embedded = keras.layers.Flatten(name="label_flat")(
         keras.layers.Embedding(num_classes, p.latent_dim, name="label_embedding")(label)
     )
     x = keras.layers.Concatenate(name="conditioned")([latent, embedded])
-    start = (height // factor, width // factor, p.generator_widths[0])
+    start = (seed_h, seed_w, p.generator_widths[0])
     x = keras.layers.Dense(int(np.prod(start)), use_bias=False, name="project")(x)
     x = keras.layers.BatchNormalization(name="project_bn")(x)
     x = keras.layers.LeakyReLU(0.2, name="project_act")(x)
@@ -168,6 +165,10 @@ def build_generator(p: GanParams, image_shape: tuple[int, ...], num_classes: int
     image = keras.layers.Conv2DTranspose(
         channels, 4, strides=2, padding="same", activation="sigmoid", name="image"
     )(x)
+    extra_h, extra_w = seed_h * factor - height, seed_w * factor - width
+    if extra_h or extra_w:
+        crop = ((extra_h // 2, extra_h - extra_h // 2), (extra_w // 2, extra_w - extra_w // 2))
+        image = keras.layers.Cropping2D(crop, name="crop")(image)
     return keras.Model([latent, label], image, name="generator")
 
 

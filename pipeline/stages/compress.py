@@ -89,7 +89,7 @@ def write_outputs(name: str, variants: list[Any], report: CompressReport) -> Non
     with atomic_path(layout.compressed_dir(name)) as staging:
         staging.mkdir()
         for variant in variants:
-            if variant.tflite:
+            if variant.tflite and variant.name in report.supported:  # what LiteRT can run
                 (staging / f"{variant.name}.tflite").write_bytes(variant.tflite)
             if variant.name == "pruned" and variant.source is not None:
                 save_keras(variant.source, staging / layout.PRUNED_FILE)

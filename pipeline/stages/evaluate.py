@@ -82,7 +82,7 @@ def evaluate(
 
     p, test = params.evaluate, prepared["test"]
     report, grid = evaluate_model(
-        model, variants, test, prepared.num_classes, p, params.seed, params.targets.evaluate
+        model, variants, test, prepared.class_names, p, params.seed, params.targets.evaluate
     )
     # The saved Keras model's size: what serving loads, and what promotion bounds.
     model_bytes = layout.model_file(name).stat().st_size

@@ -23,6 +23,7 @@ from pipeline.core.outputs import (
     EvaluateReport,
     EvaluateSpeed,
     GanMetrics,
+    ModelInputs,
     TrainMetrics,
     unmet,
 )
@@ -80,7 +81,9 @@ def learning_curves_png(histories: dict[str, dict[str, list[float]]]) -> str:
         left.plot(epochs, curves["val_accuracy"], color=color, label=f"{name} validation")
         left.plot(epochs, curves["accuracy"], color=color, linestyle=":", label=f"{name} train")
         right.plot(epochs, curves["val_loss"], color=color, label=f"{name} validation")
-    left.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0.8, 1.0))
+    lowest = min(min(curves["val_accuracy"]) for curves in histories.values())
+    bottom = 0.8 if lowest >= 0.8 else max(0.0, lowest - 0.05)  # digits' curves live above 0.8
+    left.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(bottom, 1.0))
     right.set(xlabel="epoch", ylabel="loss", title="validation loss", yscale="log")
     for axes in (left, right):
         axes.grid(True, alpha=0.3)
@@ -121,6 +124,7 @@ def model_row(name: str) -> dict[str, Any]:
         "large_batch": speed.large_batch,
         "int8_latency_ms": int8.speed.latency_ms_median if int8 else None,
         "most_faithful": faithful.most_faithful,
+        "per_class": evaluated.clean.per_class,
         "fgsm": evaluated.adversarial.fgsm,
         "pgd": evaluated.adversarial.pgd,
         "deletion_auc": faithful.deletion_auc,
@@ -176,6 +180,7 @@ def context(params: Params) -> dict[str, Any]:
             "data_hash": manifest["content_hash"],
             "splits": {split: s["count"] for split, s in manifest["splits"].items()},
             "image_shape": manifest["image_shape"],
+            "class_names": ModelInputs.from_manifest(manifest).class_names,
             "params": flatten(params),
             "versions": {k.removeprefix("version."): v for k, v in package_versions().items()},
         },

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, history_csv
-from pipeline.core.outputs import Lineage, TrainMetrics
+from pipeline.core.outputs import Lineage, ModelInputs, TrainMetrics
 from pipeline.core.params import Params
 from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 name, params, prepared.splits, prepared.num_classes, checkpoints
             )
         with timer.phase("outputs"):  # first: a logging failure must not lose the model
-            write_outputs(name, *trained, Lineage(run_id=run, experiment=params.experiment_name))
+            lineage = Lineage(run_id=run, experiment=params.experiment_name)
+            write_outputs(name, *trained, lineage, ModelInputs.from_manifest(prepared.manifest))
             clear_backup(checkpoints)
         outputs = [layout.model_dir(name), layout.train_metrics(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
@@ -78,7 +79,12 @@ def train_as_worker(name: str, params: Params, prepared: Prepared) -> None:
 
 
 def write_outputs(
-    name: str, model: Any, history: dict[str, list[float]], metrics: TrainMetrics, lineage: Lineage
+    name: str,
+    model: Any,
+    history: dict[str, list[float]],
+    metrics: TrainMetrics,
+    lineage: Lineage,
+    inputs: ModelInputs,
 ) -> None:
     """models/<name>/, written in a temporary folder and renamed (never half-written), then the
     metrics."""
@@ -89,6 +95,7 @@ def write_outputs(
         save_keras(model, folder / layout.MODEL_FILE)
         (folder / layout.HISTORY_FILE).write_text(history_csv(history), encoding="utf-8")
         lineage.write(folder / layout.LINEAGE_FILE)
+        inputs.write(folder / layout.INPUTS_FILE)
     metrics.write(layout.train_metrics(name))
 
 
@@ -112,6 +119,7 @@ def log_training(
     )
     tracking.log_metrics(run, metrics.model_dump())
     tracking.log_artifacts(run, [layout.history_file(name)], "train")
+    tracking.log_artifacts(run, [layout.model_dir(name) / layout.INPUTS_FILE])
     tracking.log_keras_model(run, model, example.astype(np.float32))
 
 
