@@ -117,6 +117,20 @@ def test_robustness_curves(evaluated, cnn, digits):
     assert set(variant["corruptions"]) == set(report["corruptions"])
 
 
+def test_max_images_bounds_the_sweeps_and_clean_metrics_keep_every_image(cnn, digits):
+    x, y = digits["test"]
+    budget = QUICK.model_copy(update={"max_images": 100})
+    report, _ = evaluate_model(cnn, {}, digits["test"], tuple("0123456789"), budget, seed=3)
+    assert report["test_images"] == len(y) == 360 and report["sweep_images"] == 100
+    assert report["clean"]["accuracy"] == pytest.approx(accuracy(cnn, x, y))
+    # An independent draw of the same 100: a seeded choice without replacement, in order.
+    subset = np.sort(np.random.default_rng(3).choice(len(y), 100, replace=False))
+    attacked = pgd(cnn, x[subset], y[subset], budget.robust_epsilon, budget.pgd_steps, None, 3)
+    robust = report["adversarial"]["robust_accuracy"]
+    assert robust == pytest.approx(accuracy(cnn, attacked, y[subset]))
+    assert report["adversarial"]["pgd"]["0"] == pytest.approx(accuracy(cnn, x[subset], y[subset]))
+
+
 def test_explanations_are_complete_and_faithful(evaluated):
     report, grid = evaluated
     explained = report["explanations"]

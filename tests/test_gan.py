@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.params import GanParams
-from pipeline.ml.gan import generate, train_gan
+from pipeline.ml.gan import gan_epochs, generate, train_gan
 from pipeline.ml.gan_metrics import (
     agreement,
     balanced_labels,
@@ -120,3 +120,28 @@ def test_same_seed_same_losses_and_samples(tmp_path):
     ]
     _, losses_c = train_gan(p, prepared["train"], 10, 6, tmp_path / "c")
     assert losses_c != losses_a
+
+
+def test_max_steps_caps_the_epochs_so_cost_stops_growing_with_the_data(tmp_path, capsys):
+    p = GanParams(epochs=200, max_steps=4000, batch_size=64)
+    assert gan_epochs(p, 1257) == 200  # the digits' train split: 19 full batches an epoch
+    assert gan_epochs(p, 3500) == 74  # mnist_5k's: 54 batches an epoch
+    assert gan_epochs(p, 60_000) == 4
+    assert gan_epochs(p, 10**7) == 1  # at least one epoch
+    x, y = synthetic_images(n_per_class=8)
+    prepared = make_prepared((x / 255.0).astype(np.float32)[..., None], y)
+    per_epoch = len(prepared["train"][1]) // 16  # full batches an epoch
+    small = GanParams(
+        latent_dim=8,
+        generator_widths=[8, 8],
+        discriminator_widths=[8],
+        epochs=5,
+        max_steps=2 * per_epoch + 1,  # room for two epochs, not three
+        batch_size=16,
+    )
+    _, losses = train_gan(small, prepared["train"], 10, 0, tmp_path)
+    assert len(losses["d_loss"]) == 2
+    assert (
+        f"gan: 2 epochs of 5: gan.max_steps {2 * per_epoch + 1} reached" in capsys.readouterr().out
+    )
+    assert [path.name for path in tmp_path.iterdir()] == ["epoch_0002.png"]  # the last grid

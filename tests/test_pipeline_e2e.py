@@ -158,11 +158,15 @@ def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
         assert len(tags["git_commit"]) == 40
         history = mlflow_client(project).get_metric_history(run.info.run_id, "epoch/val_accuracy")
         assert len(history) == metrics["epochs_trained"]
-        # The logged model predicts on a batch of images exactly like the saved one.
+        # The logged model predicts on a batch of images exactly like the saved one, with the
+        # classes named: the predicted class's name, then each class's probability.
         logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-        predicted = np.asarray(logged.predict(x_test))
+        table = logged.predict(x_test)
+        assert list(table.columns) == ["predicted", *"0123456789"]
         saved = keras.models.load_model(project / f"models/{name}/model.keras", compile=False)
-        np.testing.assert_allclose(predicted, saved.predict(x_test, verbose=0), atol=1e-5)
+        expected = saved.predict(x_test, verbose=0)
+        np.testing.assert_allclose(table[list("0123456789")].to_numpy(), expected, atol=1e-5)
+        assert table["predicted"].tolist() == [str(c) for c in expected.argmax(axis=1)]
         # Artifacts live beside the store at the root, not in a stage's working directory.
         assert run.info.artifact_uri.removeprefix("file://").startswith(f"{head}/mlruns/")
 
@@ -532,9 +536,13 @@ def test_the_champion_serves_digits_over_http(project: Path):
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
-            served = np.asarray(json.loads(response.read())["predictions"])
+            rows = json.loads(response.read())["predictions"]
+    # One record per image: the predicted class by name, and each class's probability.
+    assert list(rows[0]) == ["predicted", *"0123456789"]
+    served = np.array([[row[c] for c in "0123456789"] for row in rows])
     saved = keras.models.load_model(project / "models/cnn/model.keras", compile=False)
     np.testing.assert_allclose(served, saved.predict(x, verbose=0), atol=1e-5)
+    assert [row["predicted"] for row in rows] == [str(c) for c in served.argmax(axis=1)]
     # The served champion gets the digits right as often as evaluate measured (chance is 0.1).
     accuracy = float(np.mean(served.argmax(axis=1) == y))
     assert accuracy == pytest.approx(

@@ -286,6 +286,7 @@ class EvaluateReport(Output):
     model: str
     model_bytes: int
     test_images: int
+    sweep_images: int  # of them, the attack, corruption and TFLite sweeps' (evaluate.max_images)
     clean: Clean
     adversarial: Adversarial
     corruptions: Curves

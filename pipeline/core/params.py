@@ -184,13 +184,17 @@ class GanParams(Strict):
     """A class-conditional DCGAN; judged by the train stage's CNN (see dvc.yaml)."""
 
     latent_dim: int = Field(64, ge=1, le=1024)
-    # Transposed-conv widths; each doubles the map, so H and W must divide by 2**len(widths).
+    # Transposed-conv widths; each doubles the map from a seed of ceil(side / 2**len(widths)),
+    # and the last map is centre-cropped to the image size.
     generator_widths: list[Units] = Field(default_factory=lambda: [128, 64], min_length=1)
     discriminator_widths: list[Units] = Field(default_factory=lambda: [64, 128], min_length=1)
     discriminator_dropout: float = Field(0.3, ge=0, lt=1)
     generator_optimizer: AdamParams = AdamParams()
     discriminator_optimizer: AdamParams = AdamParams()
     epochs: int = Field(200, ge=1, le=100_000)
+    # The training budget in steps (batches): epochs shrink to fit it, so the GAN's cost stops
+    # growing with the data (digits: 19 steps an epoch, 200 epochs fit).
+    max_steps: int = Field(4000, ge=1)
     batch_size: int = Field(64, ge=2, le=65_536)
     label_smoothing: float = Field(0.1, ge=0, lt=0.5)  # one-sided: real targets 1 - smoothing
     discriminator_steps: int = Field(1, ge=1, le=10)
@@ -237,6 +241,9 @@ class EvaluateParams(Strict):
     rotations: list[Annotated[float, Field(gt=0, le=180)]] = Field(
         default_factory=lambda: [10.0, 20.0]
     )
+    # Test images the attacks, corruptions and TFLite sweeps run on (a seeded random subset
+    # when the test split is larger); clean metrics always use the whole split.
+    max_images: int = Field(2000, ge=10)
     explain_per_class: int = Field(1, ge=1, le=20)  # the first test images of each class
     faithfulness_images: int = Field(100, ge=1)  # test images the deletion curves run on
     ig_steps: int = Field(256, ge=2, le=4096)  # 128 left 11% completeness error here

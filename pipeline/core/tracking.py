@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.cli import PipelineError
@@ -321,6 +322,58 @@ def log_keras_model(run_id: str, model: Any, input_example: Any, name: str = "mo
     return info.model_uri
 
 
+class NamedClassifier(PythonModel):
+    """A trained classifier as MLflow serves it: images (N×H×W×C floats in [0, 1]) in, a table
+    out with the predicted class's name and every class's probability under its name."""
+
+    def load_context(self, context: Any) -> None:
+        import tf_keras as keras  # the serving process's first TensorFlow import
+
+        self.model = keras.models.load_model(
+            context.artifacts["keras_model"], compile=False, safe_mode=True
+        )
+        inputs = json.loads(Path(context.artifacts["inputs"]).read_text(encoding="utf-8"))
+        self.class_names = [str(name) for name in inputs["class_names"]]
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import numpy as np
+        import pandas as pd
+
+        probabilities = self.model.predict(np.asarray(model_input, np.float32), verbose=0)
+        table = pd.DataFrame(probabilities, columns=self.class_names)
+        table.insert(0, PREDICTED, [self.class_names[i] for i in probabilities.argmax(axis=1)])
+        return table
+
+
+PREDICTED = "predicted"  # the served table's column of predicted class names
+
+
+def log_classifier(
+    run_id: str, keras_file: Path, inputs_file: Path, input_example: Any, name: str = "model"
+) -> str:
+    """Log a saved classifier into run `run_id` as a NamedClassifier, with its signature and
+    the inputs file that names its classes; return its model URI."""
+    from mlflow.models import infer_signature
+
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        raise PipelineError(f"MLflow run {run_id} is not the active run; cannot log its model")
+    artifacts = {"keras_model": str(keras_file), "inputs": str(inputs_file)}
+    served = NamedClassifier()
+    served.load_context(PythonModelContext(artifacts, None))
+    output = served.predict(None, input_example)
+    requirements = [tensorflow_requirement(), f"tf_keras=={version('tf_keras')}"]
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=served,
+        artifacts=artifacts,
+        signature=infer_signature(input_example, output),
+        input_example=input_example,
+        pip_requirements=[*requirements, f"pandas=={version('pandas')}"],
+    )
+    return info.model_uri
+
+
 def _param_value(value: Any) -> str:
     text = "" if value is None else str(value)
     return text[:6000]  # MLflow's limit on a param value
@@ -377,7 +430,6 @@ def load_registered(name: str, alias: str, inputs_file: str) -> tuple[Any, dict[
     """The Keras model of registered model `name`'s version at `alias`, and the inputs file
     its lineage run logged."""
     import mlflow.artifacts
-    import mlflow.tensorflow
 
     found = alias_version(name, alias)
     if found is None:
@@ -389,7 +441,12 @@ def load_registered(name: str, alias: str, inputs_file: str) -> tuple[Any, dict[
             f"{name}@{alias} (version {found['version']}): its run logged no {inputs_file}; "
             "retrain it with this version of the pipeline"
         ) from None
-    return mlflow.tensorflow.load_model(f"models:/{name}@{alias}"), inputs
+    import mlflow.pyfunc
+
+    served = mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
+    if not isinstance(served, NamedClassifier):
+        raise PipelineError(f"{name}@{alias}: not a classifier logged by the train stage")
+    return served.model, inputs
 
 
 def register_version(name: str, run_id: str, tags: Mapping[str, Any]) -> str:

@@ -22,6 +22,9 @@ Predict = Callable[[np.ndarray], np.ndarray]  # images -> class probabilities
 Sets = dict[str, dict[float, np.ndarray]]  # perturbation -> severity -> perturbed images
 
 
+GRID_CLASSES = 20
+
+
 def accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(probabilities.argmax(axis=1) == y))
 
@@ -184,6 +187,14 @@ def target_checks(report: dict[str, Any], targets: EvaluateTargets) -> dict[str,
     return checks
 
 
+def sweep_indices(count: int, most: int, seed: int) -> np.ndarray:
+    """The test images the attack, corruption and TFLite sweeps use: all of them up to `most`,
+    else a seeded random `most` of them, in test-split order."""
+    if count <= most:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, most, replace=False))
+
+
 def evaluate_model(
     model: Any,
     variants: dict[str, tuple[Predict, Any, str]],
@@ -206,11 +217,14 @@ def evaluate_model(
     def predict(images: np.ndarray) -> np.ndarray:
         return predict_proba(model, images)
 
-    attacks = adversarial_sets(model, x, y, p, seed)
-    corruptions = corruption_sets(x, p, seed)
-    adversarial = accuracy_curves(predict, attacks, y)
+    sweep = sweep_indices(len(y), p.max_images, seed)
+    xs, ys = x[sweep], y[sweep]
+    attacks = adversarial_sets(model, xs, ys, p, seed)
+    corruptions = corruption_sets(xs, p, seed)
+    adversarial = accuracy_curves(predict, attacks, ys)
     report: dict[str, Any] = {
         "test_images": len(y),
+        "sweep_images": len(ys),
         "clean": clean_performance(predict(x), y, class_names, p.calibration_bins),
         "adversarial": {
             **adversarial,
@@ -218,24 +232,25 @@ def evaluate_model(
             "robust_accuracy": adversarial["pgd"][severity_key(p.robust_epsilon)],
             "pgd_steps": p.pgd_steps,
         },
-        "corruptions": accuracy_curves(predict, corruptions, y),
+        "corruptions": accuracy_curves(predict, corruptions, ys),
     }
     crafted: dict[int, Sets] = {id(model): attacks}
     report["variants"] = {}
     for name, (run, parent, parent_file) in variants.items():
         if id(parent) not in crafted:
-            crafted[id(parent)] = adversarial_sets(parent, x, y, p, seed)
+            crafted[id(parent)] = adversarial_sets(parent, xs, ys, p, seed)
         report["variants"][name] = {
             "accuracy": accuracy(run(x), y),
-            "corruptions": accuracy_curves(run, corruptions, y),
+            "corruptions": accuracy_curves(run, corruptions, ys),
             "transferred_attacks": {
                 "crafted_on": parent_file,
-                **accuracy_curves(run, crafted[id(parent)], y),
+                **accuracy_curves(run, crafted[id(parent)], ys),
             },
         }
     chosen = explained_indices(y, p.explain_per_class, p.faithfulness_images)
     maps, completeness = attributions(model, x[chosen], y[chosen], p, seed)
-    grid = min(len(chosen), p.explain_per_class * len(np.unique(y)))
+    # The grid shows at most GRID_CLASSES classes: beyond that a page cannot hold the rows.
+    grid = min(len(chosen), p.explain_per_class * min(len(np.unique(y)), GRID_CLASSES))
     report["explanations"] = {
         "methods": list(maps),
         "grid_images": chosen[:grid].tolist(),

@@ -127,6 +127,12 @@ class SampleGrids(keras.callbacks.Callback):
         save_grid_png(path, images.reshape(-1, SAMPLES_PER_ROW, *images.shape[1:]))
 
 
+def gan_epochs(p: GanParams, images: int) -> int:
+    """gan.epochs, or fewer: as many whole epochs of full batches as gan.max_steps allows."""
+    steps_per_epoch = images // p.batch_size
+    return max(1, min(p.epochs, p.max_steps // steps_per_epoch))
+
+
 def train_gan(
     p: GanParams, train: tuple[np.ndarray, np.ndarray], num_classes: int, seed: int, samples: Path
 ) -> tuple[keras.Model, dict[str, list[float]]]:
@@ -154,8 +160,11 @@ def train_gan(
         .batch(p.batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
-    grids = SampleGrids(samples, p.sample_every, p.epochs, num_classes, seed)
-    history = gan.fit(data, epochs=p.epochs, callbacks=[grids], verbose=2)
+    epochs = gan_epochs(p, len(x))
+    if epochs < p.epochs:
+        print(f"gan: {epochs} epochs of {p.epochs}: gan.max_steps {p.max_steps} reached")
+    grids = SampleGrids(samples, p.sample_every, epochs, num_classes, seed)
+    history = gan.fit(data, epochs=epochs, callbacks=[grids], verbose=2)
     losses = {k: [float(v) for v in values] for k, values in history.history.items()}
     return gan.generator, losses
 

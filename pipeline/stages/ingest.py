@@ -18,8 +18,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_prepared(prepared, PREPARED_DIR)
     timer.finish()
     counts = {name: split["count"] for name, split in prepared.manifest["splits"].items()}
+    shape = "×".join(str(side) for side in prepared.image_shape)
     print(
-        f"ingest: {params.data.source} -> {PREPARED_DIR} {counts} hash {prepared.content_hash[:12]}"
+        f"ingest: {params.data.source} -> {PREPARED_DIR} {counts}, {shape} images, "
+        f"{prepared.num_classes} classes, hash {prepared.content_hash[:12]}"
     )
 
 

@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             clear_backup(checkpoints)
         outputs = [layout.model_dir(name), layout.train_metrics(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
-            log_training(run, name, *trained, example=prepared["test"][0][:5])
+            _model, history, metrics = trained
+            log_training(run, name, history, metrics, example=prepared["test"][0][:5])
         timer.finish(functools.partial(tracking.log_metrics, run))
     print(summary(name, trained[2], run))
 
@@ -109,18 +110,19 @@ def clear_backup(checkpoints: Path) -> None:
 def log_training(
     run: str,
     name: str,
-    model: Any,
     history: dict[str, list[float]],
     metrics: TrainMetrics,
     example: np.ndarray,
 ) -> None:
+    """The run's epoch curves and metrics, and the saved model as MLflow serves it."""
     tracking.log_series(
         run, {f"epoch/{k}": list(enumerate(v, start=1)) for k, v in history.items()}
     )
     tracking.log_metrics(run, metrics.model_dump())
     tracking.log_artifacts(run, [layout.history_file(name)], "train")
-    tracking.log_artifacts(run, [layout.model_dir(name) / layout.INPUTS_FILE])
-    tracking.log_keras_model(run, model, example.astype(np.float32))
+    inputs = layout.model_dir(name) / layout.INPUTS_FILE
+    tracking.log_artifacts(run, [inputs])
+    tracking.log_classifier(run, layout.model_file(name), inputs, example.astype(np.float32))
 
 
 if __name__ == "__main__":
