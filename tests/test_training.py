@@ -1,13 +1,16 @@
 import numpy as np
 import pytest
+import tf_keras as keras
 
 from pipeline.core.io import history_csv
-from pipeline.core.params import parse_params
+from pipeline.core.params import AugmentParams, parse_params
 from pipeline.ml.models import build_classifier
 from pipeline.ml.training import (
+    augmenter,
     compile_classifier,
     encode_labels,
     fit_classifier,
+    input_pipeline,
     make_deterministic,
     score,
 )
@@ -163,3 +166,57 @@ def test_a_resumed_fit_reruns_the_epochs_logged_after_its_last_backup(
     assert started == [3, 4, 5, 6]  # 0-based: from the first epoch the backup lacked
     history = Resumable(folder).history()
     assert len(history["loss"]) == 7
+
+
+AUGMENT = AugmentParams(translation=0.2, rotation=15, zoom=0.1, contrast=0.2)
+
+
+def augmented_epochs(seed: int, epochs: int = 2) -> list[np.ndarray]:
+    """The training images each epoch of an augmented input pipeline hands the model."""
+    x, y = synthetic_images(n_per_class=4)
+    images = (x / 255.0).astype(np.float32)[..., None]
+    make_deterministic(seed)
+    batches = input_pipeline(images, y, 8, augment=augmenter(AUGMENT, seed))
+    return [np.concatenate([b[0].numpy() for b in batches]) for _ in range(epochs)]
+
+
+def test_augmentation_changes_every_epoch_and_replays_under_the_seed():
+    first, second = augmented_epochs(5)
+    x, _ = synthetic_images(n_per_class=4)
+    original = (x / 255.0).astype(np.float32)[..., None]
+    assert not np.allclose(first, original) and not np.allclose(first, second)
+    assert first.min() >= 0 and first.max() <= 1  # still pixels in [0, 1]
+    again = augmented_epochs(5)
+    np.testing.assert_array_equal(first, again[0])
+    np.testing.assert_array_equal(second, again[1])
+    assert not np.array_equal(first, augmented_epochs(6)[0])
+
+
+def test_augmentation_leaves_the_trained_model_the_inference_graph_without_it():
+    params = parse_params(
+        {"seed": 0, "train": {**TINY, "fnn": {**TINY["fnn"], "augment": {"translation": 0.1}}}}
+    )
+    x, y = synthetic_images(n_per_class=10)
+    data = make_prepared((x / 255.0).astype(np.float32)[..., None], y)
+    make_deterministic(0)
+    model = build_classifier("fnn", params.train, (8, 8, 1), 10)
+    compile_classifier(model, params.train.fnn.optimizer, params.train.common)
+    augment = augmenter(params.train.fnn.augment, 0)
+    fit_classifier(
+        model, data["train"], data["val"], params.train.common, 10, verbose=0, augment=augment
+    )
+    plain = build_classifier("fnn", params.train, (8, 8, 1), 10)
+    assert [layer.name for layer in model.layers] == [layer.name for layer in plain.layers]
+    plain.set_weights(model.get_weights())
+    test = data["test"][0]
+    np.testing.assert_array_equal(model.predict(test, verbose=0), plain.predict(test, verbose=0))
+    # Predicting twice gives the same answer: nothing random is left at inference.
+    np.testing.assert_array_equal(model.predict(test, verbose=0), model.predict(test, verbose=0))
+
+
+def test_flips_only_when_asked():
+    kinds = [type(layer).__name__ for layer in augmenter(AUGMENT, 0).layers]
+    assert kinds == ["RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast"]
+    flipped = augmenter(AUGMENT.model_copy(update={"horizontal_flip": True}), 0).layers
+    assert isinstance(flipped[0], keras.layers.RandomFlip) and len(flipped) == 5
+    assert not AugmentParams().active and AUGMENT.active

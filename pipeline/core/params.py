@@ -100,6 +100,24 @@ class AdversarialParams(Strict):
     weight: float = Field(0.5, gt=0, le=1)
 
 
+class AugmentParams(Strict):
+    """Random changes to each training batch (Keras preprocessing layers, seeded), never at
+    inference: the saved model is the same graph with or without them. 0 turns one off."""
+
+    translation: float = Field(0.0, ge=0, le=0.5)  # up to this share of the height and width
+    rotation: float = Field(0.0, ge=0, le=180)  # up to this many degrees either way
+    zoom: float = Field(0.0, ge=0, lt=1)  # in or out by up to this share
+    contrast: float = Field(0.0, ge=0, lt=1)  # contrast scaled by up to 1 ± this
+    # Off unless asked: a mirrored digit or letter is another symbol.
+    horizontal_flip: bool = False
+
+    @property
+    def active(self) -> bool:
+        return any(
+            (self.translation, self.rotation, self.zoom, self.contrast, self.horizontal_flip)
+        )
+
+
 class LayerParams(Strict):
     """Knobs every architecture shares, applied to each of its hidden layers."""
 
@@ -110,6 +128,7 @@ class LayerParams(Strict):
     batch_norm: bool = False
     optimizer: OptimizerParams = OptimizerParams()
     adversarial: AdversarialParams = AdversarialParams()
+    augment: AugmentParams = AugmentParams()
 
 
 class FNNParams(LayerParams):

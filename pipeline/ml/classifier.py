@@ -72,6 +72,7 @@ def train_classifier(
     from pipeline.ml.models import build_classifier
     from pipeline.ml.training import (
         Resumable,
+        augmenter,
         compile_classifier,
         fit_classifier,
         make_deterministic,
@@ -108,6 +109,7 @@ def train_classifier(
         common,
         num_classes,
         callbacks=resumable.callbacks(log=chief) if resumable is not None else None,
+        augment=augmenter(block.augment, params.seed) if block.augment.active else None,
     )
     if resumable is not None and chief:
         history = resumable.history()

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.core.params import AdversarialParams, OptimizerParams, TrainCommon
+from pipeline.core.params import AdversarialParams, AugmentParams, OptimizerParams, TrainCommon
 from pipeline.ml.models import build_optimizer
 from pipeline.ml.robustness import linf_attack
 
@@ -105,18 +105,48 @@ def trainer_for(model: keras.Model, p: AdversarialParams) -> keras.Model:
     return model if p.method == "none" else AdversarialTraining(model, p)
 
 
+def augmenter(p: AugmentParams, seed: int) -> keras.Sequential:
+    """The training-only random changes `p` asks for, as Keras preprocessing layers seeded from
+    `seed`; areas moved into view are filled with 0, the background."""
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    layers: list[keras.layers.Layer] = []
+    if p.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if p.translation:
+        layers.append(
+            keras.layers.RandomTranslation(p.translation, p.translation, seed=seed, **fill)
+        )
+    if p.rotation:
+        layers.append(keras.layers.RandomRotation(p.rotation / 360.0, seed=seed + 1, **fill))
+    if p.zoom:
+        layers.append(keras.layers.RandomZoom(p.zoom, seed=seed + 2, **fill))
+    if p.contrast:
+        layers.append(keras.layers.RandomContrast(p.contrast, seed=seed + 3))
+    return keras.Sequential(layers, name="augment")
+
+
 def input_pipeline(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = False
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    augment: keras.Sequential | None = None,
 ) -> tf.data.Dataset:
     """Arrays as batches, the tf.data way: cached after the first pass, reshuffled every epoch
-    (seeded by the global seed), batched, and prefetched so the next batch is ready while the
-    current one trains. Sharded by example across workers (multi_worker)."""
+    (seeded by the global seed), batched, augmented afresh every epoch if asked (pixels kept in
+    [0, 1]), and prefetched so the next batch is ready while the current one trains. Sharded by
+    example across workers (multi_worker)."""
     data = tf.data.Dataset.from_tensor_slices((x, y)).cache()
     if shuffle:
         data = data.shuffle(len(x), reshuffle_each_iteration=True)
+    data = data.batch(batch_size)
+    if augment is not None:
+        data = data.map(
+            lambda images, labels: (tf.clip_by_value(augment(images, training=True), 0, 1), labels)
+        )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+    return data.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def fit_classifier(
@@ -127,8 +157,10 @@ def fit_classifier(
     num_classes: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int = 2,
+    augment: keras.Sequential | None = None,
 ) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss (best weights restored); return the history.
+    `augment` changes the training batches only (`augmenter`).
 
     `common.batch_size` is per replica: under a tf.distribute strategy with N replicas each
     step takes N × batch_size examples."""
@@ -139,7 +171,9 @@ def fit_classifier(
     )
     batch = common.batch_size * model.distribute_strategy.num_replicas_in_sync
     history = model.fit(
-        input_pipeline(train[0], encode_labels(train[1], common, num_classes), batch, True),
+        input_pipeline(
+            train[0], encode_labels(train[1], common, num_classes), batch, True, augment
+        ),
         validation_data=input_pipeline(val[0], encode_labels(val[1], common, num_classes), batch),
         epochs=common.epochs,
         callbacks=[stop, *(callbacks or [])],
