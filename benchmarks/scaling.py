@@ -62,7 +62,8 @@ def run_size(count: int, overrides: dict[str, Any], folder: Path) -> dict[str, A
     x, y = mnist_shaped(count)
     with atomic_path(project / "data/scaling.npz") as tmp:
         tmp.write_bytes(npz_bytes(x, y))
-    update_params(project, {"data": {"source": "npz", "path": "data/scaling.npz"}, **overrides})
+    update_params(project, overrides)  # merged key by key, then the data they run on
+    update_params(project, {"data": {"source": "npz", "path": "data/scaling.npz"}})
     commit(project, f"{count} MNIST-shaped images")
     wall = timed(project, "dvc", "repro")
     return {"images": count, "wall_s": wall, "stages": stage_seconds(project)}

@@ -203,10 +203,46 @@ def test_a_variant_that_fails_at_run_time_is_reported_with_its_reason(small_cnn,
     assert list(typed.supported) == ["int8"]
 
 
-def test_litert_builtin_kernels_give_what_xnnpack_gives(small_cnn):
+class XnnpackRefuses(TFLiteModel):
+    """LiteRT as it behaved on a graph XNNPACK could not prepare: the delegate's error, raised
+    where LiteRT raises it (building the interpreter, or its first invoke)."""
+
+    def __init__(self, content: bytes, at: str) -> None:
+        super().__init__(content)
+        self.at = at
+
+    def _build(self, batch):
+        if self.kernels == "xnnpack" and self.at == "build":
+            raise RuntimeError("failed to create XNNPACK runtime")
+        return super()._build(batch)
+
+    def _invoke(self, x):
+        if self.kernels == "xnnpack" and self.at == "invoke":
+            raise RuntimeError("Node number 407 (TfLiteXNNPackDelegate) failed to prepare. XNNPACK")
+        return super()._invoke(x)
+
+
+@pytest.mark.parametrize("at", ["build", "invoke"])
+def test_when_xnnpack_refuses_a_graph_litert_runs_it_on_builtin_kernels(small_cnn, at):
     model, digits = small_cnn
     content = to_tflite(model, "int8", digits["train"][0][:50])
     x = digits["test"][0]
-    builtin = TFLiteModel(content, kernels="builtin")
-    np.testing.assert_allclose(builtin.predict(x), TFLiteModel(content).predict(x), atol=0.02)
-    assert builtin.kernels == "builtin"
+    reference = TFLiteModel(content)
+    expected = reference.predict(x)
+    assert reference.kernels == "xnnpack"
+    refused = XnnpackRefuses(content, at)
+    np.testing.assert_allclose(refused.predict(x), expected, atol=0.02)  # int8 kernels may round
+    assert refused.kernels == "builtin"
+
+
+def test_other_litert_errors_are_not_taken_for_xnnpack_ones(small_cnn):
+    model, _ = small_cnn
+
+    class Broken(TFLiteModel):
+        def _invoke(self, x):
+            raise RuntimeError("tensor 3 is not allocated")
+
+    broken = Broken(to_tflite(model, "none"))
+    with pytest.raises(RuntimeError, match="not allocated"):
+        broken.predict(np.zeros((4, 8, 8, 1), np.float32))
+    assert broken.kernels == "xnnpack"

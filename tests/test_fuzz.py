@@ -367,7 +367,7 @@ def decode_image_bytes(data: bytes, name: str) -> None:
         path = folder / name
         path.write_bytes(data)
         for channels in (1, 3):
-            pixels = attempt(lambda c=channels: images.to_array(images.decode(path), c), path)
+            pixels = attempt(lambda c=channels: images.to_array(path, c), path)
             if pixels is not None:
                 assert pixels.dtype == np.uint8 and pixels.ndim == 3
                 assert pixels.shape[-1] == channels

@@ -70,7 +70,7 @@ def test_class_names_are_the_sorted_folder_names_and_hidden_files_are_ignored(tm
     (tmp_path / "moth" / "deeper").mkdir()
     Image.fromarray(colour_image(2)).save(tmp_path / "moth" / "deeper" / "nested.png")
     raw = load_source(folder(tmp_path))
-    assert raw.class_names == ("Ant", "moth", "zebra")  # sorted by code point, as os sorts
+    assert raw.class_names == ("Ant", "moth", "zebra")  # sorted by code point
     assert np.bincount(raw.y).tolist() == [3, 4, 3]  # the nested image counts, the hidden not
     assert raw.files == {"images": 10, "non_image_files": 1, "skipped": 0}
 
@@ -101,7 +101,8 @@ def test_sixteen_bit_greys_are_scaled_to_eight_bits(tmp_path: Path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         Image.fromarray(deep).save(tmp_path / name / "deep.png")
-    assert Image.open(tmp_path / "a" / "deep.png").mode.startswith("I")
+    with Image.open(tmp_path / "a" / "deep.png") as written:
+        assert written.mode.startswith("I")
     raw = load_source(folder(tmp_path))
     assert raw.x[0, 0, ::2, 0].tolist() == [0, 1, 255, 128]
 
@@ -115,11 +116,18 @@ def test_alpha_is_composited_over_black_and_palettes_keep_their_colours(tmp_path
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a" / "alpha.png")
     palette = Image.fromarray(rgba[..., :3]).convert("P", palette=Image.Palette.ADAPTIVE)
     palette.save(tmp_path / "b" / "palette.png")
+    see_through = palette.copy()
+    see_through.info["transparency"] = see_through.getpixel((7, 0))  # the white entry
+    see_through.save(
+        tmp_path / "b" / "transparent_palette.png", transparency=see_through.info["transparency"]
+    )
     raw = load_source(folder(tmp_path, color="rgb"))
-    alpha, from_palette = raw.x
+    alpha, from_palette, transparent = raw.x
     assert alpha[0, 0].tolist() == [200, 100, 50] and alpha[0, 7].tolist() == [0, 0, 0]
     assert from_palette[0, 0].tolist() == [200, 100, 50]
     assert from_palette[0, 7].tolist() == [250, 250, 250]
+    assert transparent[0, 0].tolist() == [200, 100, 50]  # opaque palette entry
+    assert transparent[0, 7].tolist() == [0, 0, 0]  # the transparent entry, over black
 
 
 def test_cmyk_images_are_converted_to_rgb(tmp_path: Path):
@@ -136,7 +144,8 @@ def test_a_gif_gives_its_first_frame(tmp_path: Path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         frames[0].save(tmp_path / name / "anim.gif", save_all=True, append_images=frames[1:])
-    assert Image.open(tmp_path / "a" / "anim.gif").n_frames == 2
+    with Image.open(tmp_path / "a" / "anim.gif") as written:
+        assert written.n_frames == 2
     assert (load_source(folder(tmp_path)).x == 30).all()
 
 
@@ -149,6 +158,7 @@ def test_image_size_resizes_mixed_sizes_and_without_it_two_files_are_named(tmp_p
     with pytest.raises(PipelineError) as info:
         load_source(folder(tmp_path))
     message = str(info.value)
+    assert "(H×W)" in message
     assert "a/000.png is 25×25" in message and "b/000.png is 40×30" in message
     assert "data.image_size" in message and "\n" not in message
 
@@ -164,6 +174,11 @@ def test_colour_npz_loads_in_both_dtypes_and_converts_like_files(tmp_path: Path)
     write_folder(tmp_path / "files", {"a": list(x[::2]), "b": list(x[1::2])})
     files = load_source(folder(tmp_path / "files", color="grayscale"))
     np.testing.assert_array_equal(npz.x[::2], files.x[:3])  # the same luma either way
+    # Resized and made grey: arrays and files in the same order, so the same pixels.
+    both = {"color": "grayscale", "image_size": (13, 11)}
+    npz_small = load_source(DataParams(source="npz", path=str(tmp_path / "u8.npz"), **both))
+    files_small = load_source(folder(tmp_path / "files", **both))
+    np.testing.assert_array_equal(npz_small.x[::2], files_small.x[:3])
     resized = load_source(
         DataParams(source="npz", path=str(tmp_path / "f.npz"), image_size=(12, 12))
     )
@@ -275,5 +290,45 @@ def test_skip_unreadable_counts_what_it_skips(tmp_path: Path):
 def test_to_array_is_what_ingest_stores_for_a_file(tmp_path: Path):
     root = two_classes(tmp_path)
     raw = load_source(folder(root, image_size=(10, 14), color="grayscale"))
-    one = images.to_array(images.decode(root / "b" / "000.png"), 1, (10, 14))
+    one = images.to_array(root / "b" / "000.png", 1, (10, 14))
     np.testing.assert_array_equal(one, raw.x[3])
+
+
+def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(tmp_path: Path):
+    landscape = colour_image(4, (20, 30))  # stored 20 high, 30 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; display rotated 90° clockwise
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(landscape).save(tmp_path / name / "IMG.png", exif=exif)
+    raw = load_source(folder(tmp_path))
+    assert raw.x.shape[1:] == (30, 20, 3)  # shown upright: 30 high, 20 wide
+    np.testing.assert_array_equal(raw.x[0], np.rot90(landscape, k=-1))
+
+
+def test_links_to_a_file_already_found_are_refused_and_stray_files_counted(tmp_path: Path):
+    root = two_classes(tmp_path / "data")
+    (root / "LICENSE.txt").write_text("beside the class folders")
+    assert load_source(folder(root)).files["non_image_files"] == 1
+    os.symlink(root / "a" / "000.png", root / "b" / "same.png")
+    with pytest.raises(PipelineError, match=r"b/same\.png: the same file as .*a/000\.png"):
+        load_source(folder(root))
+
+
+def test_labels_name_the_classes_only_without_gaps(tmp_path: Path):
+    x = np.zeros((30, 8, 8), np.uint8)
+    np.savez(tmp_path / "gap.npz", x=x, y=np.array([0, 1, 3] * 10))  # no label 2
+    arrays = DataParams(source="npz", path=str(tmp_path / "gap.npz"))
+    with pytest.raises(
+        PipelineError, match="labels go up to 3, but none is 2; set data.num_classes"
+    ):
+        prepare(arrays, seed=0)
+    np.savez(tmp_path / "huge.npz", x=x, y=np.array([0, 1, 1500] * 10))
+    with pytest.raises(PipelineError, match="1501 classes, more than the 1000"):
+        prepare(DataParams(source="npz", path=str(tmp_path / "huge.npz")), seed=0)
+    write_folder(
+        tmp_path / "f",
+        {name: [colour_image(i) for i in range(10)] for name in ("cat", "predicted")},
+    )
+    with pytest.raises(PipelineError, match="a class is named 'predicted'"):
+        prepare(folder(tmp_path / "f"), seed=0)

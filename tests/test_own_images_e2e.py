@@ -95,13 +95,15 @@ def test_every_stage_runs_on_colour_photos_with_named_classes(project: Path):
 
 def test_the_gan_draws_colour_samples_at_the_photos_size(project: Path):
     grids = sorted((project / "models/gan/samples").glob("epoch_*.png"))
-    grid = np.asarray(Image.open(grids[-1]).convert("RGB")).astype(int)
+    with Image.open(grids[-1]) as written:
+        grid = np.asarray(written.convert("RGB")).astype(int)
     assert (grid[..., 0] != grid[..., 1]).any()  # not a grey image saved as RGB
     generated = project / "generated.npz"
     command = ["python", "-m", "pipeline", "generate", "--label", "2", "--count", "4"]
     made = run(project, *command, "--out", str(generated))
     assert made.returncode == 0, made.stderr[-2000:]
-    assert np.load(generated)["x"].shape == (4, SIDE, SIDE, 3)
+    with np.load(generated) as made_images:
+        assert made_images["x"].shape == (4, SIDE, SIDE, 3)
 
 
 def test_class_names_reach_the_report_and_mlflow(project: Path):
@@ -123,13 +125,14 @@ def test_class_names_reach_the_report_and_mlflow(project: Path):
 
 def write_test_split(project: Path, folder: Path) -> np.ndarray:
     """The prepared test split back out as PNG files (exact: its pixels are bytes / 255)."""
-    test = np.load(project / "data/prepared/test.npz")
+    with np.load(project / "data/prepared/test.npz") as split:
+        x, y = split["x"], split["y"]
     folder.mkdir()
-    for i, image in enumerate(test["x"]):
+    for i, image in enumerate(x):
         pixels = np.rint(image * 255).astype(np.uint8)
         assert np.array_equal(pixels.astype(np.float32) / np.float32(255), image)
         Image.fromarray(pixels).save(folder / f"test_{i:04d}.png")
-    return test["y"]
+    return y
 
 
 def predictions(path: Path) -> list[dict[str, str]]:

@@ -579,7 +579,7 @@ def test_predict_asks_the_registered_champion_as_it_asks_the_local_model(
     refused = run(project, "python", "-m", "pipeline", "predict", str(tmp_path / "odd.png"))
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
-        f"predict: error: {tmp_path / 'odd.png'}: images are 9×9, the model takes 8×8 "
+        f"predict: error: {tmp_path / 'odd.png'}: images are 9×9 (H×W), the model takes 8×8 "
         "(trained without data.image_size, so images are not resized)"
     )
 

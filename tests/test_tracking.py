@@ -1,5 +1,6 @@
 """The tracking module against a real MLflow SQLite store in a temporary folder."""
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -140,3 +141,15 @@ def test_no_tensorflow_distribution_is_one_line(monkeypatch):
     monkeypatch.setattr(tracking, "version", missing)
     with pytest.raises(PipelineError, match="TensorFlow is not installed"):
         tracking.tensorflow_requirement()
+
+
+def test_the_class_names_tag_stays_valid_json_within_mlflows_limit():
+    from pipeline.core.tracking import names_tag
+
+    few = [str(digit) for digit in range(10)]
+    assert json.loads(names_tag(few)) == few
+    many = [f"species number {i} of the survey" for i in range(1000)]
+    tag = names_tag(many)
+    shown = json.loads(tag)
+    assert len(tag) <= 6000 and shown[-1] == "… (1000 in all)"
+    assert shown[:-1] == many[: len(shown) - 1] and len(shown) > 10

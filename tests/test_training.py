@@ -212,6 +212,12 @@ def test_augmentation_leaves_the_trained_model_the_inference_graph_without_it():
     np.testing.assert_array_equal(model.predict(test, verbose=0), plain.predict(test, verbose=0))
     # Predicting twice gives the same answer: nothing random is left at inference.
     np.testing.assert_array_equal(model.predict(test, verbose=0), model.predict(test, verbose=0))
+    # And the fit saw the changed batches: the same seed without them learns other weights.
+    make_deterministic(0)
+    unaugmented = build_classifier("fnn", params.train, (8, 8, 1), 10)
+    compile_classifier(unaugmented, params.train.fnn.optimizer, params.train.common)
+    fit_classifier(unaugmented, data["train"], data["val"], params.train.common, 10, verbose=0)
+    assert not np.array_equal(unaugmented.get_weights()[0], model.get_weights()[0])
 
 
 def test_flips_only_when_asked():

@@ -101,6 +101,9 @@ class Lineage(Output):
         return cls.read(folder / LINEAGE_FILE)
 
 
+PREDICTED_COLUMN = "predicted"  # the served model's column of predicted class names
+
+
 class ModelInputs(Output):
     """`models/<name>/inputs.json` (and `inputs.json` on its lineage run): what the model takes
     and what its outputs mean, so `predict` prepares a new image exactly as ingest prepared the

@@ -26,6 +26,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.cli import PipelineError
+from pipeline.core.outputs import PREDICTED_COLUMN
 from pipeline.core.provenance import dvc_inputs, git_state, package_versions
 
 _CREDENTIALS = re.compile(r"//[^/@\s]+@")  # user[:password]@ inside any URL
@@ -286,10 +287,21 @@ def data_tags(manifest: Mapping[str, Any], seed: int, extra: Mapping[str, str]) 
         "dataset": manifest["source"],
         "data_hash": manifest["content_hash"],
         "num_classes": len(names),
-        "class_names": _param_value(json.dumps(names, ensure_ascii=False)),
+        "class_names": names_tag(names),
         "seed": seed,
         **extra,
     }
+
+
+def names_tag(names: list[str], limit: int = 6000) -> str:
+    """The class names as a JSON list within MLflow's tag limit: as many as fit, then
+    "… (N in all)" (the run's inputs.json holds them all)."""
+    text = json.dumps(names, ensure_ascii=False)
+    shown = list(names)
+    while len(text) > limit:
+        shown = shown[: len(shown) // 2]
+        text = json.dumps([*shown, f"… ({len(names)} in all)"], ensure_ascii=False)
+    return text
 
 
 def tensorflow_requirement() -> str:
@@ -341,11 +353,9 @@ class NamedClassifier(PythonModel):
 
         probabilities = self.model.predict(np.asarray(model_input, np.float32), verbose=0)
         table = pd.DataFrame(probabilities, columns=self.class_names)
-        table.insert(0, PREDICTED, [self.class_names[i] for i in probabilities.argmax(axis=1)])
+        predicted = [self.class_names[i] for i in probabilities.argmax(axis=1)]
+        table.insert(0, PREDICTED_COLUMN, predicted)
         return table
-
-
-PREDICTED = "predicted"  # the served table's column of predicted class names
 
 
 def log_classifier(
@@ -359,13 +369,14 @@ def log_classifier(
     if active is None or active.info.run_id != run_id:
         raise PipelineError(f"MLflow run {run_id} is not the active run; cannot log its model")
     artifacts = {"keras_model": str(keras_file), "inputs": str(inputs_file)}
-    served = NamedClassifier()
-    served.load_context(PythonModelContext(artifacts, None))
-    output = served.predict(None, input_example)
+    loaded = NamedClassifier()
+    loaded.load_context(PythonModelContext(artifacts, None))
+    output = loaded.predict(None, input_example)  # the served table, for the signature
     requirements = [tensorflow_requirement(), f"tf_keras=={version('tf_keras')}"]
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=served,
+        # A fresh instance: one with the model loaded would pickle a second copy of it.
+        python_model=NamedClassifier(),
         artifacts=artifacts,
         signature=infer_signature(input_example, output),
         input_example=input_example,
@@ -426,27 +437,33 @@ def alias_version(name: str, alias: str) -> dict[str, str] | None:
     return {"version": str(found.version), "run_id": str(found.run_id)}
 
 
-def load_registered(name: str, alias: str, inputs_file: str) -> tuple[Any, dict[str, Any]]:
-    """The Keras model of registered model `name`'s version at `alias`, and the inputs file
-    its lineage run logged."""
+def registered_inputs(name: str, alias: str, inputs_file: str) -> dict[str, Any]:
+    """The inputs file the lineage run of registered model `name`'s version at `alias` logged."""
     import mlflow.artifacts
 
     found = alias_version(name, alias)
     if found is None:
         raise PipelineError(f"registered model {name!r} has no version with alias {alias!r}")
     try:
-        inputs = mlflow.artifacts.load_dict(f"runs:/{found['run_id']}/{inputs_file}")
+        inputs: dict[str, Any] = mlflow.artifacts.load_dict(
+            f"runs:/{found['run_id']}/{inputs_file}"
+        )
     except MlflowException:
         raise PipelineError(
             f"{name}@{alias} (version {found['version']}): its run logged no {inputs_file}; "
             "retrain it with this version of the pipeline"
         ) from None
+    return inputs
+
+
+def load_registered(name: str, alias: str) -> Any:
+    """The Keras model inside registered model `name`'s version at `alias`."""
     import mlflow.pyfunc
 
     served = mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
     if not isinstance(served, NamedClassifier):
         raise PipelineError(f"{name}@{alias}: not a classifier logged by the train stage")
-    return served.model, inputs
+    return served.model
 
 
 def register_version(name: str, run_id: str, tags: Mapping[str, Any]) -> str:

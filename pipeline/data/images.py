@@ -1,6 +1,6 @@
 """Image files through Pillow: decoding, the documented conversions, and the class-folder layout.
 
-One function, `to_array`, turns a decoded image into the pixels ingest stores, so that `predict`
+One function, `to_array`, turns an image file into the pixels ingest stores, so that `predict`
 prepares new files exactly as ingest prepared the training data:
 - 16-bit and 32-bit integer greys (modes I;16*, I) are scaled to 8 bits (value / 257, rounded,
   clipped to 0..65535 first); float greys (mode F) are taken as 0..255 and clipped;
@@ -47,29 +47,34 @@ class ImageFolder:
 
 
 def scan_folder(folder: Path) -> ImageFolder:
-    """The class folders under `folder` (sorted names) and their image files, searched
-    recursively; hidden files and folders are ignored, other files counted. Symbolic links are
-    followed, and a link back into a folder already being walked is refused."""
+    """The class folders under `folder` (sorted by name, as code points) and their image files,
+    searched recursively; hidden files and folders are ignored, other files (beside the class
+    folders too) counted. Symbolic links are followed; a link back into a folder being walked,
+    or to a file already found, is refused (the same image twice could sit in two splits)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"{folder}: not a folder (data.source folder needs class folders)")
-    classes = sorted(
-        entry.name for entry in folder.iterdir() if entry.is_dir() and not _hidden(entry.name)
-    )
+    entries = [entry for entry in folder.iterdir() if not _hidden(entry.name)]
+    classes = sorted(entry.name for entry in entries if entry.is_dir())
     if len(classes) < 2:
         raise PipelineError(
             f"{folder}: needs at least two class folders (one per class), found {classes}"
         )
     files: list[tuple[Path, int]] = []
-    non_images = 0
+    non_images = sum(1 for entry in entries if not entry.is_dir())
+    seen: dict[str, Path] = {}
     for index, name in enumerate(classes):
         found = 0
         for path in walk(folder / name):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append((path, index))
-                found += 1
-            else:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
                 non_images += 1
+                continue
+            real = os.path.realpath(path)
+            if real in seen:
+                raise PipelineError(f"{path}: the same file as {seen[real]} (a symbolic link)")
+            seen[real] = path
+            files.append((path, index))
+            found += 1
         if not found:
             raise PipelineError(f"{folder / name}: class folder holds no image files")
     return ImageFolder(class_names=tuple(classes), files=tuple(files), non_image_files=non_images)
@@ -97,7 +102,7 @@ def walk(top: Path) -> Iterator[Path]:
                 continue
             if entry.is_dir():
                 yield from visit(entry)
-            elif entry.is_file():
+            elif entry.is_file() or entry.is_symlink():  # a broken link fails on decoding
                 yield entry
         ancestors.pop()
 
@@ -105,18 +110,19 @@ def walk(top: Path) -> Iterator[Path]:
 
 
 def decode(path: Path) -> Image.Image:
-    """An image file's first frame, fully decoded. Raises PipelineError naming the file if it is
-    not an image, is truncated or corrupt, or would decode to more than MAX_PIXELS pixels."""
-    from PIL import Image
+    """An image file's first frame, fully decoded and turned upright as its EXIF orientation
+    says (a phone's portrait photo is stored sideways). Raises PipelineError naming the file if
+    it is not an image, is truncated or corrupt, or would decode to more than MAX_PIXELS."""
+    from PIL import Image, ImageOps
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own guard, at this pipeline's bound
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.seek(0)
                 image.load()
-                return image.copy()
+                return ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PipelineError(
             f"{path}: image too large to decode safely (over {MAX_PIXELS} pixels)"
@@ -128,6 +134,18 @@ def decode(path: Path) -> Image.Image:
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         # Pillow's decoders raise these for truncated and corrupt data.
         raise PipelineError(f"{path}: unreadable image ({first_line(error)})") from None
+
+
+def file_pixels(path: Path, size: Sequence[int] | None = None) -> tuple[np.ndarray, int, int]:
+    """`rgb_pixels` of an image file, with the file's own height and width: a file Pillow
+    decodes but cannot convert is a PipelineError naming it, as an undecodable one is."""
+    image = decode(path)
+    try:
+        return rgb_pixels(image, size), image.height, image.width
+    except (ValueError, OSError) as error:
+        raise PipelineError(
+            f"{path}: cannot convert its {image.mode} pixels ({first_line(error)})"
+        ) from None
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
@@ -193,10 +211,10 @@ def resize_array(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return np.stack(planes, axis=-1).astype(image.dtype)
 
 
-def to_array(image: Image.Image, channels: int, size: Sequence[int] | None = None) -> np.ndarray:
-    """The stored pixels of one image, uint8 H×W×channels: what ingest stores for a file, and
-    what `predict` feeds a model for one."""
-    return with_channels(rgb_pixels(image, size), channels)
+def to_array(path: Path, channels: int, size: Sequence[int] | None = None) -> np.ndarray:
+    """The stored pixels of one image file, uint8 H×W×channels: what ingest stores for a file,
+    and what `predict` feeds a model for one."""
+    return with_channels(file_pixels(path, size)[0], channels)
 
 
 def channels_for(color: Color, any_colour: bool) -> Literal[1, 3]:

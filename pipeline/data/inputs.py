@@ -30,7 +30,7 @@ def model_inputs(path: Path, spec: ModelInputs) -> tuple[list[str], np.ndarray]:
     height, width, channels = spec.image_shape
     pixels = []
     for file in files:
-        array = images.to_array(images.decode(file), channels, spec.image_size)
+        array = images.to_array(file, channels, spec.image_size)
         if array.shape[:2] != (height, width):
             raise PipelineError(_size_error(file, array.shape[:2], spec))
         pixels.append(array)
@@ -49,6 +49,6 @@ def npz_inputs(path: Path, spec: ModelInputs) -> tuple[list[str], np.ndarray]:
 def _size_error(path: Path, size: tuple[int, ...], spec: ModelInputs) -> str:
     height, width, _ = spec.image_shape
     return (
-        f"{path}: images are {size[0]}×{size[1]}, the model takes {height}×{width} "
+        f"{path}: images are {size[0]}×{size[1]} (H×W), the model takes {height}×{width} "
         "(trained without data.image_size, so images are not resized)"
     )

@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.core.cli import PipelineError, first_line
 from pipeline.core.io import atomic_path, hash_arrays, read_json, write_json
 from pipeline.core.layout import MANIFEST, PREPARED_DIR, SPLIT_FILE
+from pipeline.core.outputs import PREDICTED_COLUMN
 from pipeline.core.params import DataParams
 from pipeline.data.sources import (
     NPZ_ERRORS,
@@ -21,6 +22,8 @@ from pipeline.data.sources import (
     scale_pixels,
     stratified_split,
 )
+
+MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,27 @@ def class_names(raw: RawData, data: DataParams) -> tuple[str, ...]:
             f"data.num_classes is {count}, but the data has {len(given)} classes "
             f"({_listed(given)}); set it to {len(given)} or null"
         )
-    return tuple(given or (str(label) for label in range(count)))
+    if count > MAX_CLASSES:
+        raise PipelineError(
+            f"data: {count} classes, more than the {MAX_CLASSES} the pipeline takes "
+            f"(labels go up to {int(raw.y.max())})"
+        )
+    if data.num_classes is None and given is None:
+        # Derived from the labels: a gap means a stray label, not a class with no images.
+        missing = sorted(set(range(count)) - {int(label) for label in np.unique(raw.y)})
+        if missing:
+            absent = _listed(tuple(str(label) for label in missing))
+            raise PipelineError(
+                f"data: labels go up to {count - 1}, but none is {absent}; set "
+                "data.num_classes (validation then names the stray labels) or relabel"
+            )
+    names = tuple(given or (str(label) for label in range(count)))
+    if PREDICTED_COLUMN in names:
+        raise PipelineError(
+            f"data: a class is named {PREDICTED_COLUMN!r}, the name the served model's table "
+            "gives its predicted-class column; rename that class"
+        )
+    return names
 
 
 def _listed(names: tuple[str, ...], most: int = 6) -> str:

@@ -303,7 +303,7 @@ def load_folder(
     folder: Path, color: images.Color, size: Sequence[int] | None, skip: bool
 ) -> RawData:
     """Image files in class folders (`images.scan_folder`), decoded and converted as
-    `images.to_array` documents. `skip`: undecodable files are counted, not fatal."""
+    `images.to_array` documents. `skip`: unreadable files are counted, not fatal."""
     found = images.scan_folder(folder)
     pixels: list[np.ndarray] = []
     labels: list[int] = []
@@ -311,19 +311,19 @@ def load_folder(
     skipped = 0
     for path, label in found.files:
         try:
-            decoded = images.decode(path)
+            rgb, height, width = images.file_pixels(path, size)
         except PipelineError:
             if not skip:
                 raise
             skipped += 1
             continue
-        if size is None and pixels and decoded.size != (pixels[0].shape[1], pixels[0].shape[0]):
+        if size is None and pixels and rgb.shape != pixels[0].shape:
             first = pixels[0].shape
             raise PipelineError(
-                f"images differ in size: {paths[0]} is {first[0]}×{first[1]}, {path} is "
-                f"{decoded.size[1]}×{decoded.size[0]}; set data.image_size: [H, W] to resize both"
+                f"images differ in size (H×W): {paths[0]} is {first[0]}×{first[1]}, {path} is "
+                f"{height}×{width}; set data.image_size: [H, W] to resize both"
             )
-        pixels.append(images.rgb_pixels(decoded, size))
+        pixels.append(rgb)
         labels.append(label)
         paths.append(path)
     kept = sorted(set(labels))
@@ -343,17 +343,17 @@ def load_folder(
 
 
 def conform(x: np.ndarray, color: images.Color, size: Sequence[int] | None) -> np.ndarray:
-    """Array images converted as the folder source converts files: to the configured colour
-    (grey by luma, L = 0.299 R + 0.587 G + 0.114 B; `auto` keeps RGB only when some pixel has
-    colour) and resized to `size` ([H, W]) with a bilinear filter."""
+    """Array images converted as the folder source converts files, in the same order: resized
+    to `size` ([H, W]) with a bilinear filter, then to the configured colour (grey by luma,
+    L = 0.299 R + 0.587 G + 0.114 B; `auto` keeps RGB only when some pixel has colour)."""
+    if size is not None and tuple(x.shape[1:3]) != tuple(size):
+        x = np.stack([images.resize_array(image, size) for image in x])
     if x.shape[-1] == 3 and (
         color == "grayscale" or (color == "auto" and not images.has_colour(x))
     ):
         x = luma(x)
     elif x.shape[-1] == 1 and color == "rgb":
         x = np.repeat(x, 3, axis=-1)
-    if size is not None and tuple(x.shape[1:3]) != tuple(size):
-        x = np.stack([images.resize_array(image, size) for image in x])
     return x
 
 
@@ -362,6 +362,8 @@ def luma(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return np.stack([images.with_channels(image, 1) for image in x])
     grey = x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    if x.dtype.kind in "iu":  # rounded, not truncated: equal channels keep their value
+        grey = np.rint(grey)
     return grey.astype(x.dtype)[..., np.newaxis]
 
 

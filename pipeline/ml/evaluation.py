@@ -22,7 +22,7 @@ Predict = Callable[[np.ndarray], np.ndarray]  # images -> class probabilities
 Sets = dict[str, dict[float, np.ndarray]]  # perturbation -> severity -> perturbed images
 
 
-GRID_CLASSES = 20
+GRID_CLASSES = 20  # classes an attribution grid shows: a page holds no more rows
 
 
 def accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
@@ -98,9 +98,10 @@ def accuracy_curves(predict: Predict, sets: Sets, y: np.ndarray) -> dict[str, di
 
 
 def explained_indices(y: np.ndarray, per_class: int, total: int) -> np.ndarray:
-    """The fixed image set: the first `per_class` test images of each class (for the grids),
-    then the next test images in order, up to `total` (for the faithfulness curves)."""
-    grid = [i for c in np.unique(y) for i in np.flatnonzero(y == c)[:per_class]]
+    """The fixed image set: the first `per_class` test images of each of the first
+    GRID_CLASSES classes (for the grids), then the next test images in order, up to `total`
+    (for the faithfulness curves)."""
+    grid = [i for c in np.unique(y)[:GRID_CLASSES] for i in np.flatnonzero(y == c)[:per_class]]
     rest = [i for i in range(len(y)) if i not in set(grid)]
     return np.array(grid + rest[: max(0, total - len(grid))], dtype=int)
 
@@ -249,7 +250,6 @@ def evaluate_model(
         }
     chosen = explained_indices(y, p.explain_per_class, p.faithfulness_images)
     maps, completeness = attributions(model, x[chosen], y[chosen], p, seed)
-    # The grid shows at most GRID_CLASSES classes: beyond that a page cannot hold the rows.
     grid = min(len(chosen), p.explain_per_class * min(len(np.unique(y)), GRID_CLASSES))
     report["explanations"] = {
         "methods": list(maps),

@@ -34,6 +34,7 @@ from pipeline.ml.training import (
 )
 
 SAMPLES_PER_ROW = 10
+GRID_ROWS = 20
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (images, labels)
 
 
@@ -116,7 +117,8 @@ class SampleGrids(keras.callbacks.Callback):
     def __init__(self, folder: Path, every: int, epochs: int, num_classes: int, seed: int):
         super().__init__()
         self.folder, self.every, self.epochs, self.seed = folder, every, epochs, seed
-        self.labels = balanced_labels(num_classes, SAMPLES_PER_ROW)
+        # One row per class, for the first GRID_ROWS classes: a page holds no more rows.
+        self.labels = balanced_labels(min(num_classes, GRID_ROWS), SAMPLES_PER_ROW)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         done = epoch + 1
@@ -129,7 +131,7 @@ class SampleGrids(keras.callbacks.Callback):
 
 def gan_epochs(p: GanParams, images: int) -> int:
     """gan.epochs, or fewer: as many whole epochs of full batches as gan.max_steps allows."""
-    steps_per_epoch = images // p.batch_size
+    steps_per_epoch = max(1, images // p.batch_size)
     return max(1, min(p.epochs, p.max_steps // steps_per_epoch))
 
 

@@ -21,8 +21,8 @@ class TFLiteModel:
     """A TFLite flatbuffer run through the LiteRT interpreter, as a deployed model would be.
 
     LiteRT hands what it can to its XNNPACK delegate. Where XNNPACK cannot prepare a graph
-    (seen on a 28-step unrolled LSTM at batch 64: "failed to create XNNPACK runtime"), the
-    model runs on LiteRT's built-in kernels instead, and `kernels` says so."""
+    (LiteRT raises "failed to create XNNPACK runtime", when the interpreter is built or first
+    invoked), the model runs on LiteRT's built-in kernels instead, and `kernels` says so."""
 
     def __init__(self, content: bytes, threads: int = 1, kernels: str = "xnnpack") -> None:
         self.content, self.threads, self.kernels = content, threads, kernels
@@ -30,23 +30,39 @@ class TFLiteModel:
 
     def interpreter(self, batch: int) -> Interpreter:
         if batch not in self._interpreters:
-            resolver = (
-                OpResolverType.AUTO
-                if self.kernels == "xnnpack"
-                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            )
-            interpreter = Interpreter(
-                model_content=self.content,
-                num_threads=self.threads,
-                experimental_op_resolver_type=resolver,
-            )
-            index = interpreter.get_input_details()[0]["index"]
-            shape = interpreter.get_input_details()[0]["shape"]
-            if shape[0] != batch:
-                interpreter.resize_tensor_input(index, [batch, *shape[1:]])
-            interpreter.allocate_tensors()
-            self._interpreters[batch] = interpreter
+            try:
+                self._interpreters[batch] = self._build(batch)
+            except RuntimeError as error:
+                if not self._fall_back(error):
+                    raise
+                self._interpreters[batch] = self._build(batch)
         return self._interpreters[batch]
+
+    def _build(self, batch: int) -> Interpreter:
+        resolver = (
+            OpResolverType.AUTO
+            if self.kernels == "xnnpack"
+            else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+        interpreter = Interpreter(
+            model_content=self.content,
+            num_threads=self.threads,
+            experimental_op_resolver_type=resolver,
+        )
+        index = interpreter.get_input_details()[0]["index"]
+        shape = interpreter.get_input_details()[0]["shape"]
+        if shape[0] != batch:
+            interpreter.resize_tensor_input(index, [batch, *shape[1:]])
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def _fall_back(self, error: RuntimeError) -> bool:
+        """After XNNPACK failed, built-in kernels for every batch size; whether it switched."""
+        if self.kernels != "xnnpack" or "XNNPACK" not in str(error):
+            return False
+        self.kernels = "builtin"
+        self._interpreters.clear()
+        return True
 
     def _quantize_input(self, interpreter: Interpreter, x: np.ndarray) -> np.ndarray:
         detail = interpreter.get_input_details()[0]
@@ -67,10 +83,8 @@ class TFLiteModel:
         try:
             return self._invoke(x)
         except RuntimeError as error:
-            if self.kernels != "xnnpack" or "XNNPACK" not in str(error):
+            if not self._fall_back(error):
                 raise
-            self.kernels = "builtin"  # every batch size from now on
-            self._interpreters.clear()
             return self._invoke(x)
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
@@ -132,8 +146,12 @@ def sizes(content: bytes) -> dict[str, int]:
 
 
 def tensor_dtypes(content: bytes) -> dict[str, list[str]]:
-    """Input, output and weight-tensor dtypes as the interpreter reports them."""
-    interpreter = Interpreter(model_content=content)
+    """Input, output and weight-tensor dtypes as the interpreter reports them (built-in
+    kernels: the dtypes are the flatbuffer's, whichever delegate would run it)."""
+    interpreter = Interpreter(
+        model_content=content,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     interpreter.allocate_tensors()
 
     def names(details: list[dict]) -> list[str]:

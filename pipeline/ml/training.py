@@ -111,7 +111,7 @@ def augmenter(p: AugmentParams, seed: int) -> keras.Sequential:
     fill = {"fill_mode": "constant", "fill_value": 0.0}
     layers: list[keras.layers.Layer] = []
     if p.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
     if p.translation:
         layers.append(
             keras.layers.RandomTranslation(p.translation, p.translation, seed=seed, **fill)

@@ -82,7 +82,8 @@ def learning_curves_png(histories: dict[str, dict[str, list[float]]]) -> str:
         left.plot(epochs, curves["accuracy"], color=color, linestyle=":", label=f"{name} train")
         right.plot(epochs, curves["val_loss"], color=color, label=f"{name} validation")
     lowest = min(min(curves["val_accuracy"]) for curves in histories.values())
-    bottom = 0.8 if lowest >= 0.8 else max(0.0, lowest - 0.05)  # digits' curves live above 0.8
+    # Zoomed on accuracies above 0.8, widened when a validation curve dips below that.
+    bottom = 0.8 if lowest >= 0.8 else max(0.0, lowest - 0.05)
     left.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(bottom, 1.0))
     right.set(xlabel="epoch", ylabel="loss", title="validation loss", yscale="log")
     for axes in (left, right):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import layout, tracking
-from pipeline.core.cli import PipelineError, run_stage, stage_parser
+from pipeline.core.cli import PipelineError, first_line, run_stage, stage_parser
 from pipeline.core.io import atomic_path
 from pipeline.core.outputs import ModelInputs
 from pipeline.core.params import MODEL_NAMES
@@ -40,39 +40,57 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.registered and args.tflite:
         raise PipelineError("--tflite picks a local model's compressed variant, not --registered")
 
-    predict, spec, described = load_predictor(args.model, args.registered, args.tflite)
-    names, x = model_inputs(args.path, spec)
+    spec = model_spec(args.model, args.registered)
+    names, x = model_inputs(args.path, spec)  # bad images fail before TensorFlow loads
+    predict, described = load_predictor(args.model, args.registered, args.tflite)
     probabilities = predict(x)
     with atomic_path(args.out) as tmp:
         tmp.write_text(predictions_csv(names, probabilities, spec.class_names), encoding="utf-8")
     print(f"predict: {len(names)} images, {described} -> {args.out}")
 
 
-def load_predictor(
-    name: str, registered: str | None, variant: str | None
-) -> tuple[Predict, ModelInputs, str]:
-    """The model's predict function, its inputs.json and a description for the summary line."""
-    from pipeline.ml.training import predict_proba  # TensorFlow only once the arguments are sane
+def registered_name(registered: str) -> tuple[str, str]:
+    model_name, _, alias = registered.partition("@")
+    if not model_name or not alias:
+        raise PipelineError(f"--registered: expected NAME@ALIAS, got {registered!r}")
+    return model_name, alias
+
+
+def model_spec(name: str, registered: str | None) -> ModelInputs:
+    """The model's inputs.json: beside the local model, or on the registered version's run."""
+    if not registered:
+        return ModelInputs.of(layout.model_dir(name))
+    model_name, alias = registered_name(registered)
+    inputs = tracking.registered_inputs(model_name, alias, layout.INPUTS_FILE)
+    try:
+        return ModelInputs.model_validate(inputs)
+    except ValueError as error:
+        raise PipelineError(
+            f"{registered}: its {layout.INPUTS_FILE} is not a ModelInputs ({first_line(error)})"
+        ) from None
+
+
+def load_predictor(name: str, registered: str | None, variant: str | None) -> tuple[Predict, str]:
+    """The model's predict function and a description for the summary line."""
+    from pipeline.ml.training import predict_proba  # TensorFlow, once the inputs are read
 
     if registered:
-        model_name, _, alias = registered.partition("@")
-        if not model_name or not alias:
-            raise PipelineError(f"--registered: expected NAME@ALIAS, got {registered!r}")
-        loaded, inputs = tracking.load_registered(model_name, alias, layout.INPUTS_FILE)
-        spec = ModelInputs.model_validate(inputs)
-        return lambda x: predict_proba(loaded, x), spec, f"registered {registered}"
-    spec = ModelInputs.of(layout.model_dir(name))
+        loaded = tracking.load_registered(*registered_name(registered))
+        return lambda x: predict_proba(loaded, x), f"registered {registered}"
     if variant:
         from pipeline.ml.inference import load_tflite
 
         path = layout.compressed_dir(name) / f"{variant}.tflite"
         if not path.is_file():
-            raise PipelineError(f"{path}: no such compressed variant; run the compress stage")
-        return load_tflite(path).predict, spec, f"{name} {variant} ({path})"
+            raise PipelineError(
+                f"{path}: no such variant (reports/compress/{name}.json lists those that "
+                "converted and run, and why the others did not)"
+            )
+        return load_tflite(path).predict, f"{name} {variant} ({path})"
     from pipeline.ml.artifacts import load_keras
 
     model: Any = load_keras(layout.model_file(name))
-    return lambda x: predict_proba(model, x), spec, f"{name} ({layout.model_file(name)})"
+    return lambda x: predict_proba(model, x), f"{name} ({layout.model_file(name)})"
 
 
 def predictions_csv(names: list[str], probabilities: np.ndarray, classes: list[str]) -> str:
