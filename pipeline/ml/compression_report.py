@@ -74,7 +74,7 @@ def measure(
             "source_keras_accuracy": float(np.mean(source == y)),
             "sparsity": weight_sparsity(variant.source),
             **sizes(variant.tflite),
-            "dtypes": tensor_dtypes(variant.tflite),
+            "dtypes": tensor_dtypes(variant.tflite, runner.kernels),
             "speed": speed,
         }
     return {"keras_float": baseline, "variants": results}

@@ -145,14 +145,11 @@ def sizes(content: bytes) -> dict[str, int]:
     return {"size_bytes": len(content), "size_gzip_bytes": len(gzip.compress(content, 9))}
 
 
-def tensor_dtypes(content: bytes) -> dict[str, list[str]]:
-    """Input, output and weight-tensor dtypes as the interpreter reports them (built-in
-    kernels: the dtypes are the flatbuffer's, whichever delegate would run it)."""
-    interpreter = Interpreter(
-        model_content=content,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    interpreter.allocate_tensors()
+def tensor_dtypes(content: bytes, kernels: str = "xnnpack") -> dict[str, list[str]]:
+    """Input, output and weight-tensor dtypes as the interpreter that runs the model reports
+    them (`kernels` as TFLiteModel chose: built-in kernels list their own int32 scratch
+    tensors, which XNNPACK replaces)."""
+    interpreter = TFLiteModel(content, kernels=kernels).interpreter(1)
 
     def names(details: list[dict]) -> list[str]:
         return sorted({np.dtype(d["dtype"]).name for d in details})
