@@ -171,10 +171,14 @@ def with_inf(project: Path) -> dict:
     return npz_source(project, x, y)
 
 
-def stray_labels(project: Path) -> dict:
+def stray_labels(project: Path, num_classes: int | None = 10) -> dict:
+    """Label 11 on every 50th digit: with data.num_classes 10 validation names the strays;
+    with the classes derived from the labels, ingest refuses the gap at 10."""
     x, y = digits()
     y[::50] = 11
-    return npz_source(project, x, y)
+    source = npz_source(project, x, y)
+    source["data"]["num_classes"] = num_classes
+    return source
 
 
 @dataclass
@@ -204,6 +208,12 @@ BAD_INPUTS = [
         "validate",
         "expect_column_values_to_be_in_set(label)",
         stray_labels,
+    ),
+    BadInput(
+        "a label gap, classes derived from the labels",
+        "ingest",
+        "labels go up to 11, but none is 10",
+        lambda p: stray_labels(p, num_classes=None),
     ),
     BadInput(
         "empty dataset file",
