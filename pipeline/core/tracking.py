@@ -313,23 +313,32 @@ def tensorflow_requirement() -> str:
     raise PipelineError("TensorFlow is not installed as a distribution; cannot log the model")
 
 
+def model_requirements() -> list[str]:
+    """A logged model's pip requirements, pinned. Listing them saves ~10 s of MLflow
+    re-importing TensorFlow to infer them."""
+    return [tensorflow_requirement(), f"tf_keras=={version('tf_keras')}"]
+
+
+def require_active(run_id: str) -> None:
+    """A model is logged into the active run only: MLflow's log_model takes no run id."""
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        raise PipelineError(f"MLflow run {run_id} is not the active run; cannot log its model")
+
+
 def log_keras_model(run_id: str, model: Any, input_example: Any, name: str = "model") -> str:
     """Log a tf_keras model with its signature into run `run_id`; return its model URI."""
     import mlflow.tensorflow
     from mlflow.models import infer_signature
 
-    active = mlflow.active_run()
-    if active is None or active.info.run_id != run_id:
-        raise PipelineError(f"MLflow run {run_id} is not the active run; cannot log its model")
+    require_active(run_id)
     signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-    requirements = [tensorflow_requirement(), f"tf_keras=={version('tf_keras')}"]
     info = mlflow.tensorflow.log_model(
         model,
         name=name,
         signature=signature,
         input_example=input_example,
-        # Listing them saves ~10 s of MLflow re-importing TensorFlow to infer them.
-        pip_requirements=requirements,
+        pip_requirements=model_requirements(),
     )
     return info.model_uri
 
@@ -371,14 +380,11 @@ def log_classifier(
     the inputs file that names its classes; return its model URI."""
     from mlflow.models import infer_signature
 
-    active = mlflow.active_run()
-    if active is None or active.info.run_id != run_id:
-        raise PipelineError(f"MLflow run {run_id} is not the active run; cannot log its model")
+    require_active(run_id)
     artifacts = {"keras_model": str(keras_file), "inputs": str(inputs_file)}
     loaded = NamedClassifier()
     loaded.load_context(PythonModelContext(artifacts, None))
     output = loaded.predict(None, input_example)  # the served table, for the signature
-    requirements = [tensorflow_requirement(), f"tf_keras=={version('tf_keras')}"]
     info = mlflow.pyfunc.log_model(
         name=name,
         # A fresh instance: one with the model loaded would pickle a second copy of it.
@@ -386,7 +392,7 @@ def log_classifier(
         artifacts=artifacts,
         signature=infer_signature(input_example, output),
         input_example=input_example,
-        pip_requirements=[*requirements, f"pandas=={version('pandas')}"],
+        pip_requirements=[*model_requirements(), f"pandas=={version('pandas')}"],
     )
     return info.model_uri
 
