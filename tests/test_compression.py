@@ -7,7 +7,13 @@ import pytest
 
 from pipeline.core.outputs import CompressReport
 from pipeline.core.params import CompressParams, CompressTargets, TrainCommon, parse_params
-from pipeline.ml.compression import make_variants, prune, to_tflite, weight_sparsity
+from pipeline.ml.compression import (
+    fine_tune_epochs,
+    make_variants,
+    prune,
+    to_tflite,
+    weight_sparsity,
+)
 from pipeline.ml.compression_report import markdown_table, measure, target_checks
 from pipeline.ml.inference import TFLiteModel, tensor_dtypes
 from pipeline.ml.models import build_classifier
@@ -48,6 +54,29 @@ def test_pruned_sparsity_is_within_one_percent_of_target(small_cnn, target):
     pruned = prune(model, digits["train"], p, COMMON, 10)
     assert abs(weight_sparsity(pruned) - target) <= 0.01
     assert weight_sparsity(model) < 0.01  # the original is untouched (tfmot prunes in place)
+
+
+def test_step_budgets_cap_fine_tuning_epochs_so_cost_stops_growing_with_the_data():
+    p, common = CompressParams(), TrainCommon()  # the defaults: batches of 32
+    budgets = [("prune", p.prune_epochs, p.prune_max_steps), ("qat", p.qat_epochs, p.qat_max_steps)]
+    # The digits' train split (40 batches an epoch) and mnist_5k's (110) fit whole; the
+    # 42,000 train images of a 60,000-image set (1,313 batches) get 3 and 1 epochs.
+    assert [fine_tune_epochs(*b, 1257, common) for b in budgets] == [30, 10]
+    assert [fine_tune_epochs(*b, 3500, common) for b in budgets] == [30, 10]
+    assert [fine_tune_epochs(*b, 42_000, common) for b in budgets] == [3, 1]
+    assert fine_tune_epochs("qat", 10, 2000, 10**7, common) == 1  # at least one epoch
+
+
+def test_a_pruning_schedule_cut_short_by_its_budget_still_reaches_the_target(small_cnn, capsys):
+    model, digits = small_cnn
+    per_epoch = -(-len(digits["train"][1]) // COMMON.batch_size)
+    # Room for two of six epochs: the schedule must span the two, or sparsity falls short.
+    p = CompressParams(prune_epochs=6, prune_max_steps=2 * per_epoch + 1, prune_frequency=5)
+    pruned = prune(model, digits["train"], p, COMMON, 10)
+    assert f"compress: prune: 2 epochs of 6: prune_max_steps {2 * per_epoch + 1} reached" in (
+        capsys.readouterr().out
+    )
+    assert abs(weight_sparsity(pruned) - p.target_sparsity) <= 0.01
 
 
 def test_int8_model_tensors_really_are_int8(small_cnn):

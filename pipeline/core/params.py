@@ -227,10 +227,14 @@ class CompressParams(Strict):
 
     target_sparsity: float = Field(0.8, gt=0, lt=1)
     prune_epochs: int = Field(30, ge=1)  # fine-tuning while the mask grows, then holds
+    # Budgets in steps (batches) for the fine-tuning: epochs shrink to fit, so its cost stops
+    # growing with the data (digits: 40 steps an epoch, all 30 and 10 epochs fit).
+    prune_max_steps: int = Field(4000, ge=1)
     prune_ramp_fraction: float = Field(0.6, gt=0, le=1)  # share of fine-tuning spent ramping up
     prune_frequency: int = Field(20, ge=1)  # steps between mask updates
     prune_learning_rate: float = Field(5e-4, gt=0, le=1)
     qat_epochs: int = Field(10, ge=1)  # enough steps for the activation ranges to settle
+    qat_max_steps: int = Field(2000, ge=1)
     qat_learning_rate: float = Field(1e-4, gt=0, le=1)
     representative_samples: int = Field(200, ge=1)  # int8 calibration images from train
     latency_runs: int = Field(200, ge=10)  # single-image calls timed per model

@@ -16,7 +16,12 @@ import tf_keras as keras
 
 from pipeline.core.cli import first_line
 from pipeline.core.params import CompressParams, OptimizerParams, TrainCommon
-from pipeline.ml.training import compile_classifier, encode_labels, make_deterministic
+from pipeline.ml.training import (
+    compile_classifier,
+    encode_labels,
+    epochs_within,
+    make_deterministic,
+)
 
 Quantization = Literal["none", "dynamic", "int8"]
 # Layers whose kernels pruning acts on (and whose sparsity is measured).
@@ -57,6 +62,22 @@ def to_tflite(
     return converter.convert()
 
 
+def fine_tune_epochs(
+    kind: Literal["prune", "qat"], epochs: int, max_steps: int, images: int, common: TrainCommon
+) -> int:
+    """`epochs` of fine-tuning, or as many as the step budget allows on `images` images."""
+    allowed = epochs_within(epochs, max_steps, steps_per_epoch(images, common))
+    if allowed < epochs:
+        print(
+            f"compress: {kind}: {allowed} epochs of {epochs}: {kind}_max_steps {max_steps} reached"
+        )
+    return allowed
+
+
+def steps_per_epoch(images: int, common: TrainCommon) -> int:
+    return int(np.ceil(images / common.batch_size))
+
+
 def _fine_tune(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -87,7 +108,8 @@ def prune(
     num_classes: int,
 ) -> keras.Model:
     """Magnitude pruning to p.target_sparsity along a polynomial schedule, then strip_pruning."""
-    steps = int(np.ceil(len(train[0]) / common.batch_size)) * p.prune_epochs
+    epochs = fine_tune_epochs("prune", p.prune_epochs, p.prune_max_steps, len(train[0]), common)
+    steps = steps_per_epoch(len(train[0]), common) * epochs
     # The schedule only reaches its final sparsity when its span is a multiple of the frequency.
     end_step = max(
         p.prune_frequency,
@@ -104,7 +126,7 @@ def prune(
     _fine_tune(
         pruned,
         train,
-        p.prune_epochs,
+        epochs,
         p.prune_learning_rate,
         common,
         num_classes,
@@ -130,7 +152,8 @@ def quantization_aware(
         qat = quantize.quantize_apply(annotated, scheme)
     else:
         qat = quantize.quantize_model(clone(model))
-    _fine_tune(qat, train, p.qat_epochs, p.qat_learning_rate, common, num_classes)
+    epochs = fine_tune_epochs("qat", p.qat_epochs, p.qat_max_steps, len(train[0]), common)
+    _fine_tune(qat, train, epochs, p.qat_learning_rate, common, num_classes)
     return qat
 
 

@@ -27,6 +27,7 @@ from pipeline.ml.gan_metrics import agreement, balanced_labels, coverage, freche
 from pipeline.ml.models import build_classifier, build_discriminator, build_generator
 from pipeline.ml.training import (
     compile_classifier,
+    epochs_within,
     fit_classifier,
     make_deterministic,
     predict_proba,
@@ -131,8 +132,7 @@ class SampleGrids(keras.callbacks.Callback):
 
 def gan_epochs(p: GanParams, images: int) -> int:
     """gan.epochs, or fewer: as many whole epochs of full batches as gan.max_steps allows."""
-    steps_per_epoch = max(1, images // p.batch_size)
-    return max(1, min(p.epochs, p.max_steps // steps_per_epoch))
+    return epochs_within(p.epochs, p.max_steps, images // p.batch_size)
 
 
 def train_gan(

@@ -37,6 +37,11 @@ def precision(mixed: bool) -> Iterator[None]:
         keras.mixed_precision.set_global_policy("float32")
 
 
+def epochs_within(epochs: int, max_steps: int, steps_per_epoch: int) -> int:
+    """`epochs`, or fewer: as many whole epochs as `max_steps` batches allow, and at least one."""
+    return max(1, min(epochs, max_steps // max(1, steps_per_epoch)))
+
+
 def plain_copy(trained: keras.Model, build: Callable[[], keras.Model]) -> keras.Model:
     """`build()`'s model (float32, outside any strategy) holding `trained`'s weights: what is
     scored, saved and served, whatever the precision and devices of the training."""
