@@ -9,7 +9,6 @@ writes reports/benchmarks/adversarial.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from mlflow.tracking import MlflowClient
@@ -36,7 +35,7 @@ def main() -> None:
     parser.add_argument("--method", choices=["fgsm", "pgd"], default="pgd")
     method = parser.parse_args().method
     params = load_params(REPO / "params.yaml")
-    plain_id = json.loads((REPO / "models/cnn/lineage.json").read_text())["run_id"]
+    plain_id = tracking.lineage_of(params.experiment_name, REPO / "models/cnn/model.keras")
     client = MlflowClient(tracking.tracking_uri())
     started_ms = int(time.time() * 1000)
     start = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -15,6 +16,26 @@ from typing import Any
 import yaml
 
 from tests.conftest import REPO
+
+
+def lineage_id(project: Path, family: str, uri: str | None = None) -> str:
+    """The lineage run of models/<family> (the generator for "gan") in the project's store or
+    at `uri`: the first finished run tagged with the sha256 of the model file's bytes."""
+    from mlflow.tracking import MlflowClient
+
+    folder = project / "models" / family
+    model = folder / ("generator.keras" if family == "gan" else "model.keras")
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    client = MlflowClient(uri or f"sqlite:///{project / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        f"tags.model_digest = '{digest}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+    )
+    assert runs, f"no finished run is tagged with the digest of {model}"
+    return runs[0].info.run_id
+
 
 # Small enough for CI's two cores, large enough to learn something.
 TINY_TRAIN = {

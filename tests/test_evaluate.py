@@ -277,7 +277,6 @@ def test_a_missing_or_corrupt_model_is_named(tmp_path: Path, cnn, fault):
     assert stage(tmp_path, "ingest").returncode == 0
     folder = tmp_path / "models/cnn"
     folder.mkdir(parents=True)
-    (folder / "lineage.json").write_text('{"run_id": "0123456789abcdef"}')
     compressed = tmp_path / "models/compressed/cnn"
     compressed.mkdir(parents=True)
     if fault == "corrupt model":

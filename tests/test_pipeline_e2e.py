@@ -21,11 +21,11 @@ from tests.e2e import (
     commit,
     copy_project,
     free_port,
+    lineage_id,
     listening_hosts,
     run,
     server,
     update_params,
-    weight_digest,
 )
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,6 @@ def test_repro_writes_every_declared_output(project: Path):
         assert {p.name for p in folder.iterdir()} == {
             "model.keras",
             "history.csv",
-            "lineage.json",
             "inputs.json",
         }
         assert read(folder / "inputs.json") == {
@@ -126,7 +125,7 @@ def test_each_stage_records_where_its_time_went(project: Path):
         assert seconds["compute"] > 0.5 and seconds["logging"] > 0, (stage, seconds)
         family = stage.split("_")[1] if "_" in stage else "gan"
         base = stage.split("_")[0]
-        lineage = client.get_run(read(project / f"models/{family}/lineage.json")["run_id"])
+        lineage = client.get_run(lineage_id(project, family))
         for phase, value in seconds.items():
             assert lineage.data.metrics[f"timing.{base}.{phase}_s"] == pytest.approx(value), stage
 
@@ -142,8 +141,7 @@ def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
     x_test = np.load(project / "data/prepared/test.npz")["x"][:16]
     head = project.resolve().as_posix()
     for name in MODELS:
-        lineage = read(project / f"models/{name}/lineage.json")
-        run = runs[lineage["run_id"]]
+        run = runs[lineage_id(project, name)]
         assert run.info.status == "FINISHED"
         assert run.info.run_name == name
         metrics = read(project / f"reports/train/{name}.json")
@@ -179,7 +177,6 @@ def test_gan_stage_writes_its_outputs_and_lineage(project: Path, monkeypatch):
         "generator.keras",
         "losses.csv",
         "samples",
-        "lineage.json",
     }
     assert sorted(p.name for p in (folder / "samples").iterdir()) == [
         "epoch_0002.png",
@@ -197,9 +194,9 @@ def test_gan_stage_writes_its_outputs_and_lineage(project: Path, monkeypatch):
     ):
         assert np.isfinite(metrics[key]), key
     assert 0 < metrics["frechet_distance_real_floor"] < metrics["frechet_distance"]
-    run_id = read(folder / "lineage.json")["run_id"]
+    run_id = lineage_id(project, "gan")
     run = mlflow_client(project).get_run(run_id)
-    assert run.data.tags["judge_run_id"] == read(project / "models/cnn/lineage.json")["run_id"]
+    assert run.data.tags["judge_run_id"] == lineage_id(project, "cnn")
     assert run.data.params["gan.epochs"] == "3"
     assert run.data.metrics["classifier_agreement"] == pytest.approx(
         metrics["classifier_agreement"]
@@ -271,7 +268,7 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
         csv_lines = (project / f"reports/compress/{name}_tradeoff.csv").read_text().splitlines()
         assert csv_lines[0] == "variant,size_gzip_kib,accuracy"
         assert len(csv_lines) == 2 + len(supported)
-        lineage = read(project / f"models/{name}/lineage.json")["run_id"]
+        lineage = lineage_id(project, name)
         metrics = client.get_run(lineage).data.metrics
         assert metrics["compress.int8.accuracy"] == pytest.approx(variants["int8"]["accuracy"])
         children = stage_runs(project, lineage, "compress")
@@ -321,7 +318,7 @@ def test_evaluate_stage_reports_every_model_into_its_lineage(project: Path):
             "deletion.png",
             "attributions.png",
         }
-        lineage = read(project / f"models/{name}/lineage.json")["run_id"]
+        lineage = lineage_id(project, name)
         metrics = client.get_run(lineage).data.metrics
         assert metrics["evaluate.accuracy"] == pytest.approx(report["clean"]["accuracy"])
         assert metrics["evaluate.robust_accuracy"] == report["adversarial"]["robust_accuracy"]
@@ -377,6 +374,42 @@ def test_report_page_is_self_contained_and_renders(project: Path):
     assert (project / "reports/index.png").stat().st_size > 50_000
 
 
+def test_model_cards_state_what_the_stages_measured(project: Path):
+    for name in MODELS:
+        card = (project / f"reports/model_cards/{name}.md").read_text()
+        evaluated = read(project / f"reports/evaluate/{name}.json")
+        compressed = read(project / f"reports/compress/{name}.json")
+        assert card.startswith(f"# Model card: {name} on digits\n")
+        clean = evaluated["clean"]
+        assert f"Test accuracy {clean['accuracy']:.4f} and macro F1 {clean['macro_f1']:.4f}" in card
+        assert f"Expected calibration error {clean['ece']:.4f}" in card
+        # The worst corruption at its harshest severity, found here from the curves themselves.
+        worst = min(curve[max(curve, key=float)] for curve in evaluated["corruptions"].values())
+        assert re.search(rf"The worst corruption measured is [^\n]* \({worst:.3f}\)", card)
+        shift = evaluated["corruptions"]["shift"]["1"]
+        assert (
+            "a 1-pixel shift (right and down) already drops accuracy from "
+            f"{clean['accuracy']:.3f} to {shift:.3f}."
+        ) in card
+        # For size: the smallest supported variant within one point of the Keras model.
+        floor = compressed["keras_float"]["accuracy"] - 0.01
+        sizes = {
+            k: v["size_gzip_bytes"]
+            for k, v in compressed["variants"].items()
+            if v["supported"] and v["accuracy"] >= floor
+        }
+        if sizes:
+            smallest = min(sizes, key=lambda k: (sizes[k], k))
+            assert f"`{smallest}` ({sizes[smallest] / 1024:.1f} KiB gzipped" in card
+        digest = file_digest(project / f"models/{name}/model.keras")
+        assert f"Model file sha256 `{digest}`" in card
+        manifest = read(project / "data/prepared/manifest.json")
+        assert f"Prepared content hash `{manifest['content_hash']}`" in card
+    html = (project / "reports/index.html").read_text()
+    assert html.count('<details id="card-') == len(MODELS)
+    assert "<code>pruned_int8</code>" in html or "<code>int8</code>" in html
+
+
 def test_report_escapes_strings_from_params(project: Path):
     page_file = project / "reports/index.html"
     good = page_file.read_bytes()
@@ -385,23 +418,28 @@ def test_report_escapes_strings_from_params(project: Path):
     hostile = '<script>alert("x")</script>'
     params = (project / "params.yaml").read_text()
     (project / "hostile.yaml").write_text(
-        params.replace("experiment: null", f"experiment: '{hostile}'")
+        params.replace("experiment: null", f"experiment: '{hostile}'").replace(
+            "owner: unassigned", f"owner: '{hostile}'"
+        )
     )
+    cards = {p: p.read_bytes() for p in (project / "reports/model_cards").iterdir()}
     try:
         result = run(project, "python", "-m", "pipeline.stages.report", "--params", "hostile.yaml")
         assert result.returncode == 0, result.stderr[-2000:]
         html = page_file.read_text()
         assert hostile not in html
-        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+        assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") >= 1 + len(MODELS)
     finally:
         page_file.write_bytes(good)
         timing_file.write_bytes(good_timing)
+        for path, content in cards.items():
+            path.write_bytes(content)
 
 
 def test_mlflow_ui_lists_the_runs_with_their_metrics(project: Path):
     client = mlflow_client(project)
     experiment = client.get_experiment_by_name("digits").experiment_id
-    cnn = read(project / "models/cnn/lineage.json")["run_id"]
+    cnn = lineage_id(project, "cnn")
     port = free_port()
     link_environment(project)
     command = ["make", "ui", f"UI_PORT={port}"]
@@ -439,17 +477,31 @@ def test_an_evaluate_param_change_reruns_only_what_depends_on_it(project: Path):
     assert sorted(ran) == ["evaluate@cnn", "evaluate@fnn", "evaluate@lstm", "report"]
 
 
-def test_forced_retraining_reproduces_metrics_and_weights(project: Path):
+def test_forced_retraining_reproduces_the_weights_and_leaves_later_stages_up_to_date(
+    project: Path,
+):
+    retrained = ("cnn", "fnn")
     before = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
-    weights_before = weight_digest(project / "models/cnn/model.keras")
+    models = {n: file_digest(project / f"models/{n}/model.keras") for n in retrained}
+    lineages = {n: lineage_id(project, n) for n in retrained}
     result = run(project, "dvc", "repro", "--force", "--single-item", "train@cnn", "train@fnn")
     assert result.returncode == 0, result.stderr[-2000:]
     after = {n: file_digest(project / f"reports/train/{n}.json") for n in MODELS}
     assert before == after
-    assert weight_digest(project / "models/cnn/model.keras") == weights_before
-    assert len(lineage_runs(project)) == 6  # two new lineages: each training is a run
-    # The CNN has a new lineage, so the GAN it judges is out of date: bring the DAG up to date.
-    assert "Running stage 'gan'" in run(project, "dvc", "repro").stdout
+    assert {n: file_digest(project / f"models/{n}/model.keras") for n in retrained} == models
+    runs = lineage_runs(project)
+    assert len(runs) == 6  # each training is a run of its own
+    for name in retrained:
+        # The new run proves the reproduction; the first run of those bytes stays the lineage.
+        (new,) = [r for r in runs.values() if r.data.tags.get("reproduces") == lineages[name]]
+        assert new.info.run_name == name and new.data.tags["model_digest"] == models[name]
+        assert lineage_id(project, name) == lineages[name]
+        assert f"the same weights as run {lineages[name]}, which stays the lineage" in (
+            result.stdout
+        )
+    # The same bytes have the same DVC hash: nothing after training is out of date.
+    dry = run(project, "dvc", "repro", "--dry")
+    assert dry.returncode == 0 and "Running stage" not in dry.stdout, dry.stdout[-2000:]
 
 
 def test_mlflow_project_entry_point_reruns_what_changed(project: Path):
@@ -475,7 +527,7 @@ def test_mlflow_project_entry_point_reruns_what_changed(project: Path):
 
 def test_adversarially_trained_cnn_is_an_experiment_beside_the_plain_one(project: Path):
     """A DVC experiment flips the train option; MLflow holds both CNN lineages to compare."""
-    plain = read(project / "models/cnn/lineage.json")["run_id"]
+    plain = lineage_id(project, "cnn")
     result = run(
         project,
         "dvc",
@@ -497,7 +549,7 @@ def test_adversarially_trained_cnn_is_an_experiment_beside_the_plain_one(project
     for lineage in (runs[plain], robust[0]):
         assert 0.0 <= lineage.data.metrics["evaluate.robust_accuracy"] <= 1.0
     # The workspace keeps the plain model: the experiment ran in a temporary copy.
-    assert read(project / "models/cnn/lineage.json")["run_id"] == plain
+    assert lineage_id(project, "cnn") == plain
 
 
 def test_first_promotion_blesses_every_family(project: Path):
@@ -510,10 +562,15 @@ def test_first_promotion_blesses_every_family(project: Path):
         assert decision["decision"] == "champion" and decision["version"] == "1", decision
         assert decision["registered_model"] == f"digits-{name}"
         assert any("no champion yet" in reason for reason in decision["reasons"])
-        lineage = read(project / f"models/{name}/lineage.json")["run_id"]
+        lineage = lineage_id(project, name)
         assert client.get_model_version_by_alias(f"digits-{name}", "champion").run_id == lineage
         (child,) = stage_runs(project, lineage, "promote")
         assert child.data.tags["decision"] == "champion"
+        # The registry's page shows the model card; the lineage run keeps it as an artifact.
+        card = (project / f"reports/model_cards/{name}.md").read_text()
+        assert client.get_model_version(f"digits-{name}", "1").description == card
+        logged = [a.path for a in client.list_artifacts(lineage, "model_card")]
+        assert logged == [f"model_card/{name}.md"]
     assert "promote: cnn: champion version 1 of digits-cnn" in result.stdout
 
 
@@ -595,7 +652,7 @@ def link_environment(project: Path) -> None:
 def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
     """The README's retrain command, after a param change that makes the CNN worse."""
     link_environment(project)
-    champion = read(project / "models/cnn/lineage.json")["run_id"]
+    champion = lineage_id(project, "cnn")
     # A learning rate this small leaves the CNN near chance after its four epochs.
     update_params(project, {"train": {"cnn": {"optimizer": {"learning_rate": 1e-6}}}})
     result = run(project, "make", "retrain", timeout=1500)
@@ -610,7 +667,7 @@ def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
     client = mlflow_client(project)
     assert client.get_model_version_by_alias("digits-cnn", "champion").run_id == champion
     challenger = client.get_model_version_by_alias("digits-cnn", "challenger")
-    assert challenger.run_id == read(project / "models/cnn/lineage.json")["run_id"] != champion
+    assert challenger.run_id == lineage_id(project, "cnn") != champion
 
 
 def test_a_fresh_clone_pulls_every_output_from_the_remote_and_recomputes_nothing(

@@ -3,7 +3,6 @@ SQLite stores (runs with real logged tf_keras models)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +77,23 @@ def test_only_validated_data_counts():
 def candidate(
     tmp_path: Path, family: str, accuracy: float, data_hash: str = "h", robust: float = 0.5
 ) -> str:
-    """A lineage run as the stages leave it: a logged model, evaluate metrics, lineage.json."""
+    """A lineage run as the stages leave it: a logged model, evaluate metrics, and its tag of
+    the model file's digest."""
     import tf_keras as keras
 
     from pipeline.core import tracking
+    from pipeline.ml.artifacts import save_keras
 
     inputs = keras.Input((8, 8, 1))
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, outputs)
+    folder = tmp_path / "models" / family
+    folder.mkdir(parents=True, exist_ok=True)
+    save_keras(model, folder / "model.keras")
     with tracking.lineage_run("digits", family, {"data_hash": data_hash}) as run_id:
         tracking.log_keras_model(run_id, model, np.zeros((2, 8, 8, 1), np.float32))
         tracking.log_metrics(run_id, {**GOOD, ACCURACY: accuracy, ROBUST_ACCURACY: robust})
-    folder = tmp_path / "models" / family
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "lineage.json").write_text(json.dumps({"run_id": run_id}))
+        tracking.record_model(run_id, folder / "model.keras")
     return run_id
 
 
@@ -170,3 +172,28 @@ def test_each_version_carries_its_decision_as_a_tag(tmp_path, monkeypatch):
         for v in client.search_model_versions("name = 'digits-fnn'")
     }
     assert tags == {"1": CHAMPION, "2": CHALLENGER}
+
+
+def test_the_model_card_becomes_the_versions_description_cut_at_the_registrys_limit(
+    tmp_path, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.core.tracking import DESCRIPTION_LIMIT
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    card = tmp_path / "reports/model_cards/cnn.md"
+    card.parent.mkdir(parents=True)
+    lines = [f"- measured line {i}" for i in range(600)]  # far over the limit
+    card.write_text("# Model card: cnn on digits\n" + "\n".join(lines) + "\n")
+    run_id = candidate(tmp_path, "cnn", 0.95)
+    decision = promote_family("cnn", "digits", RULES, {"success": True, "content_hash": "h"})
+    description = MlflowClient(uri).get_model_version("digits-cnn", decision.version).description
+    assert len(description) <= DESCRIPTION_LIMIT
+    kept, tail = description.rsplit("\n\n", 1)
+    assert card.read_text().startswith(kept + "\n")  # whole lines, from the start
+    assert tail == "… (cut at MLflow's 5000 characters: the whole is reports/model_cards/cnn.md)"
+    artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run_id, "model_card")]
+    assert artifacts == ["model_card/cnn.md"]

@@ -123,5 +123,5 @@ def test_compress_without_a_trained_model_names_the_missing_file(tmp_path: Path)
     result = stage(tmp_path, "compress", "--model", "cnn")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "compress: error: models/cnn/lineage.json: missing; run the stage that trains this model"
+        "compress: error: models/cnn/model.keras: model file not found; run the stage that makes it"
     )

@@ -8,6 +8,7 @@ read back through the REST API only, as any other client of the team would.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -32,6 +33,7 @@ from tests.e2e import (
     commit,
     copy_project,
     free_port,
+    lineage_id,
     listening_hosts,
     server,
     update_params,
@@ -195,13 +197,23 @@ def check_lineage_over_rest(project: Path, base: str) -> None:
     experiment = rest(base, "experiments/get-by-name", experiment_name="digits")["experiment"]
     # Artifacts go through the server (proxied), not straight to a path clients must share.
     assert experiment["artifact_location"].startswith("mlflow-artifacts:")
-    run_id = read(project / "models/fnn/lineage.json")["run_id"]
+    run_id = lineage_id(project, "fnn", base)
     run = rest(base, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "fnn"
     params = as_dict(run["data"]["params"])
     assert params["model.optimizer.name"] == "adam" and params["train.epochs"] == "4"
     assert params["data.source"] == "digits"
     assert as_dict(run["data"]["tags"])["dvc_stage"] == "train@fnn"
+    # The splits it trained and was tested on, as MLflow datasets named by the prepared data.
+    manifest = read(project / "data/prepared/manifest.json")
+    datasets = {d["tags"][0]["value"]: d["dataset"] for d in run["inputs"]["dataset_inputs"]}
+    assert {context: d["name"] for context, d in datasets.items()} == {
+        "training": "digits-train",
+        "validation": "digits-val",
+        "testing": "digits-test",
+    }
+    assert {d["digest"] for d in datasets.values()} == {manifest["content_hash"][:36]}
+    assert json.loads(datasets["training"]["profile"])["num_rows"] == 1257
     metrics = as_dict(run["data"]["metrics"])
     train = read(project / "reports/train/fnn.json")
     assert metrics["test_accuracy"] == pytest.approx(train["test_accuracy"])
@@ -246,7 +258,7 @@ def check_stage_runs(base: str, experiment_id: str, run_id: str) -> None:
 
 def check_artifact_root(project: Path, base: str, artifacts: Path) -> None:
     """The files are under the server's artifact root, listed by the server, and nowhere else."""
-    run_id = read(project / "models/fnn/lineage.json")["run_id"]
+    run_id = lineage_id(project, "fnn", base)
     listed = rest(base, "artifacts/list", run_id=run_id, path="provenance")
     assert [f["path"] for f in listed["files"]] == ["provenance/dvc_inputs.json"]
     on_disk = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
@@ -257,7 +269,9 @@ def check_artifact_root(project: Path, base: str, artifacts: Path) -> None:
 
 def check_rows_in_postgres(project: Path, cluster: Cluster) -> None:
     """The server wrote to PostgreSQL: the lineage run and its two stage runs, and the model."""
-    run_id = read(project / "models/fnn/lineage.json")["run_id"]
+    digest = hashlib.sha256((project / "models/fnn/model.keras").read_bytes()).hexdigest()
+    tagged = f"SELECT run_uuid FROM tags WHERE key = 'model_digest' AND value = '{digest}';"
+    run_id = cluster.psql(tagged, DATABASE)
     count = cluster.psql("SELECT count(*) FROM runs;", DATABASE)
     assert count == "3"
     owner = cluster.psql(f"SELECT name FROM runs WHERE run_uuid = '{run_id}';", DATABASE)

@@ -83,6 +83,76 @@ def test_mlflow_project_run_id_is_recorded_not_resumed(store: str, monkeypatch):
     assert MlflowClient(store).get_run(run_id).data.tags["mlflow_project_run_id"] == parent
 
 
+def test_a_model_files_lineage_is_the_first_finished_run_that_produced_its_bytes(
+    store: str, tmp_path: Path
+):
+    import hashlib
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"the weights of one training")
+    with tracking.lineage_run("digits", "fnn", {}) as failed:
+        pass
+    MlflowClient(store).set_terminated(failed, "FAILED")  # tagged, but not a finished run
+    MlflowClient(store).set_tag(
+        failed, tracking.DIGEST_TAG, hashlib.sha256(model.read_bytes()).hexdigest()
+    )
+    with tracking.lineage_run("digits", "fnn", {}) as first:
+        assert tracking.record_model(first, model) is None  # a failed run is not a lineage
+    with tracking.lineage_run("digits", "fnn", {}) as again:  # a retraining, the same bytes
+        assert tracking.record_model(again, model) == first
+    assert tracking.lineage_of("digits", model) == first
+    tags = MlflowClient(store).get_run(again).data.tags
+    assert tags[tracking.REPRODUCES_TAG] == first
+    assert tags[tracking.DIGEST_TAG] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert tracking.REPRODUCES_TAG not in MlflowClient(store).get_run(first).data.tags
+    model.write_bytes(b"the weights of another training")
+    with tracking.lineage_run("digits", "fnn", {}) as other:
+        assert tracking.record_model(other, model) is None
+    assert tracking.lineage_of("digits", model) == other
+
+
+def test_a_model_without_a_lineage_run_is_one_line_naming_the_file(store: str, tmp_path: Path):
+    model = tmp_path / "model.keras"
+    with pytest.raises(PipelineError, match=r"model.keras: missing; run the stage"):
+        tracking.lineage_of("digits", model)
+    model.write_bytes(b"weights no run produced")
+    with tracking.lineage_run("digits", "fnn", {}):  # the experiment exists, the run does not
+        pass
+    for experiment in ("digits", "no-such-experiment"):
+        with pytest.raises(PipelineError) as info:
+            tracking.lineage_of(experiment, model)
+        message = str(info.value)
+        assert message.startswith(f"{model}: no MLflow run in experiment '{experiment}' of ")
+        assert "\n" not in message and "rerun the stage that trains this model" in message
+
+
+def test_each_split_is_a_dataset_input_of_the_run_named_by_its_content(store: str):
+    manifest = {
+        "source": "digits",
+        "content_hash": "ab" * 32,
+        "image_shape": [8, 8, 1],
+        "splits": {
+            split: {"count": n, "class_counts": {"0": n // 2, "1": n - n // 2}}
+            for split, n in (("train", 70), ("val", 10), ("test", 20))
+        },
+    }
+    with tracking.lineage_run("digits", "fnn", {}) as run_id:
+        tracking.log_datasets(run_id, manifest, {"source": "digits", "path": None})
+    inputs = MlflowClient(store).get_run(run_id).inputs.dataset_inputs
+    by_context = {i.tags[0].value: i.dataset for i in inputs}
+    assert set(by_context) == {"training", "validation", "testing"}
+    train = by_context["training"]
+    assert (train.name, train.digest, train.source_type) == ("digits-train", "ab" * 18, "dvc")
+    assert json.loads(train.source) == {
+        "path": "data/prepared/train.npz",
+        "data": {"source": "digits", "path": None},
+    }
+    assert json.loads(by_context["testing"].profile) == {
+        "num_rows": 20,
+        "class_counts": {"0": 10, "1": 10},
+    }
+
+
 def test_unreachable_store_fails_at_start_in_one_line(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:pw@127.0.0.1:9")  # discard port
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -106,6 +106,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes; one line naming it when it is missing."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; run the stage that trains this model") from None
+
+
 def hash_arrays(*arrays: np.ndarray) -> str:
     """SHA-256 over dtype, shape and bytes of each array, in order."""
     digest = hashlib.sha256()

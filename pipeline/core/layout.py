@@ -27,7 +27,6 @@ REJECTED_DIR = VALIDATION_DIR / "rejected"  # the latest failing results; not a 
 MODELS_DIR = Path("models")
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
-LINEAGE_FILE = "lineage.json"  # the model's MLflow lineage run id, written by its train stage
 INPUTS_FILE = "inputs.json"  # the model's input shape, preprocessing and class names
 TRAIN_REPORTS = Path("reports/train")
 CHECKPOINTS = Path(".checkpoints")  # interrupted trainings, kept until a rerun completes them
@@ -52,6 +51,7 @@ PLOT_TABLES = ("confusion.csv", "adversarial.csv", "reliability.csv", "deletion.
 
 # report, promote, and the time split every stage writes
 REPORT_PAGE = Path("reports/index.html")
+MODEL_CARDS_DIR = Path("reports/model_cards")  # <family>.md, written by the report stage
 REPORT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "report.html.j2"
 PROMOTION = Path("reports/promotion.json")
 TIMING_DIR = Path("reports/timing")
@@ -94,6 +94,10 @@ def evaluate_dir(name: str) -> Path:
     return EVALUATE_REPORTS / name
 
 
+def model_card_file(name: str) -> Path:
+    return MODEL_CARDS_DIR / f"{name}.md"
+
+
 def timing_file(stage: str) -> Path:
     """reports/timing/<stage>.json, `train@cnn` as `train_cnn`."""
     return TIMING_DIR / f"{stage.replace('@', '_')}.json"
@@ -106,7 +110,7 @@ def stage_outputs(stage: str, name: str | None = None) -> list[Path]:
         "ingest": [PREPARED_DIR],
         "validate": [VALIDATION_RESULTS, VALIDATION_SUMMARY, DATA_DOCS],
         "gan": [GAN_DIR, GAN_METRICS],
-        "report": [REPORT_PAGE],
+        "report": [REPORT_PAGE, MODEL_CARDS_DIR],
     }
     if name is not None:
         outputs |= {

@@ -23,7 +23,7 @@ from pydantic import (
 
 from pipeline.core.cli import PipelineError, first_line
 from pipeline.core.io import read_json, write_json
-from pipeline.core.layout import INPUTS_FILE, LINEAGE_FILE
+from pipeline.core.layout import INPUTS_FILE
 from pipeline.core.params import describe_errors
 
 Curve = dict[str, float]  # severity (as written by `severity_key`) -> accuracy
@@ -87,18 +87,6 @@ Checks = dict[str, Check]
 
 def unmet(checks: Checks) -> list[str]:
     return [name for name, check in checks.items() if not check.met]
-
-
-class Lineage(Output):
-    """`models/<name>/lineage.json`: the model's MLflow lineage run, written by its stage."""
-
-    made_by: ClassVar[str] = "the stage that trains this model"
-    run_id: str
-    experiment: str | None = None  # the MLflow experiment, for a reader of the file
-
-    @classmethod
-    def of(cls, folder: Path) -> Lineage:
-        return cls.read(folder / LINEAGE_FILE)
 
 
 PREDICTED_COLUMN = "predicted"  # the served model's column of predicted class names

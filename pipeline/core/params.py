@@ -333,6 +333,20 @@ class TrackingParams(Strict):
         return {"sweep": self.sweep} if self.sweep else {}
 
 
+class CardParams(Strict):
+    """What a model card cannot measure: who answers for the models and what they are for."""
+
+    owner: str = Field("unassigned", min_length=1, max_length=200)
+    intended_use: str = Field(
+        "Comparing model families on this data, and a baseline to improve on; not validated for "
+        "decisions about people.",
+        min_length=1,
+        max_length=2000,
+    )
+    # Measured limitations are written from the outputs; these are added after them.
+    limitations: list[str] = Field(default_factory=list)
+
+
 class Params(Strict):
     seed: int = Field(42, ge=0, le=2**31 - 1)
     data: DataParams = DataParams()
@@ -344,6 +358,7 @@ class Params(Strict):
     promote: PromoteParams = PromoteParams()
     targets: TargetParams = TargetParams()
     mlflow: TrackingParams = TrackingParams()
+    card: CardParams = CardParams()
 
     @property
     def experiment_name(self) -> str:

@@ -1,7 +1,10 @@
 """MLflow lineage: the one module that talks to MLflow.
 
-Each trained model has one MLflow run, its lineage; the train stage creates it and records its id
-in `models/<name>/lineage.json`, and later stages add to the same run. Logging is batched.
+Each trained model has one MLflow run, its lineage; the train stage creates it and tags it with
+the sha256 of the model file it wrote, and later stages find it by that digest and add to the
+same run. No run id lives in a DVC output: the same weights give the same bytes on every machine
+and every rerun, so a forced retraining that reproduces them leaves the later stages up to date.
+Logging is batched.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.core.cli import PipelineError
+from pipeline.core.io import file_digest
+from pipeline.core.layout import PREPARED_DIR, SPLIT_FILE
 from pipeline.core.outputs import PREDICTED_COLUMN
 from pipeline.core.provenance import dvc_inputs, git_state, package_versions
 
@@ -144,6 +150,57 @@ def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iter
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: KILLED, where other errors give FAILED
             mlflow.end_run("KILLED")
             raise
+
+
+DIGEST_TAG = "model_digest"  # sha256 of the model file a lineage run produced
+REPRODUCES_TAG = "reproduces"  # on a run whose model has the bytes of an earlier lineage run's
+
+
+def record_model(run_id: str, model_file: Path) -> str | None:
+    """Tag the run with its model file's digest. Returns the earlier lineage run of the same
+    bytes, if any: it stays the model's lineage (the later stages logged their results there),
+    and this run is tagged as reproducing it."""
+    digest = file_digest(model_file)
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_run(run_id).info.experiment_id
+    earlier = [
+        r
+        for r in _runs_of(client, experiment, digest)
+        if r.info.status == "FINISHED" and r.info.run_id != run_id
+    ]
+    tags = {DIGEST_TAG: digest, **({REPRODUCES_TAG: earlier[0].info.run_id} if earlier else {})}
+    set_tags(run_id, tags)
+    return earlier[0].info.run_id if earlier else None
+
+
+def lineage_of(experiment: str, model_file: Path) -> str:
+    """The lineage run of the model in `model_file`: the first run of the experiment tagged
+    with the file's digest, a FINISHED one before any other."""
+    digest = file_digest(model_file)
+    uri = tracking_uri()
+    try:
+        client = open_store(uri)
+        found = client.get_experiment_by_name(experiment)
+        runs = _runs_of(client, found.experiment_id, digest) if found else []
+    except Exception as error:
+        raise PipelineError(f"MLflow tracking store {unavailable(uri, error)}") from None
+    if not runs:
+        raise PipelineError(
+            f"{model_file}: no MLflow run in experiment {experiment!r} of {redact(uri)} produced "
+            f"it (sha256 {digest[:12]}…); rerun the stage that trains this model "
+            "(dvc repro --force <stage>)"
+        )
+    return runs[0].info.run_id
+
+
+def _runs_of(client: MlflowClient, experiment_id: str, digest: str) -> list[Any]:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{DIGEST_TAG} = '{digest}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+    return sorted(runs, key=lambda r: r.info.status != "FINISHED")  # stable: keeps start order
 
 
 @contextlib.contextmanager
@@ -291,6 +348,35 @@ def data_tags(manifest: Mapping[str, Any], seed: int, extra: Mapping[str, str]) 
         "seed": seed,
         **extra,
     }
+
+
+# The prepared splits as MLflow names the contexts a dataset is used in.
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+DIGEST_LENGTH = 36  # MLflow stores at most 36 characters of a dataset digest
+
+
+def log_datasets(run_id: str, manifest: Mapping[str, Any], data_params: Mapping[str, Any]) -> None:
+    """Each prepared split as a dataset input of the run, so the MLflow UI's dataset column and
+    run page show which data trained and tested the model: name `<source>-<split>`, digest the
+    prepared content hash, source the DVC path with the params that produced it, profile the
+    row and class counts."""
+    digest = str(manifest["content_hash"])[:DIGEST_LENGTH]
+    inputs = []
+    for split, context in DATASET_CONTEXTS.items():
+        counts = manifest["splits"][split]
+        path = PREPARED_DIR / SPLIT_FILE.format(split=split)
+        dataset = Dataset(
+            name=f"{manifest['source']}-{split}",
+            digest=digest,
+            source_type="dvc",
+            source=json.dumps({"path": path.as_posix(), "data": dict(data_params)}, default=str),
+            schema=json.dumps({"x": {"shape": [-1, *manifest["image_shape"]]}, "y": "int"}),
+            profile=json.dumps(
+                {"num_rows": counts["count"], "class_counts": counts["class_counts"]}
+            ),
+        )
+        inputs.append(DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    MlflowClient(tracking_uri()).log_inputs(run_id, datasets=inputs)
 
 
 def names_tag(names: list[str], limit: int = 6000) -> str:
@@ -490,6 +576,18 @@ def register_version(name: str, run_id: str, tags: Mapping[str, Any]) -> str:
     for key, value in tags.items():
         client.set_model_version_tag(name, number, key, str(value))
     return number
+
+
+DESCRIPTION_LIMIT = 5000  # characters MLflow's registry keeps in a version's description
+
+
+def describe_version(name: str, version: str, text: str, source: str) -> None:
+    """Set a registered version's description; a text over the registry's limit is cut at a
+    line, with a last line naming where the whole of it is."""
+    if len(text) > DESCRIPTION_LIMIT:
+        tail = f"\n\n… (cut at MLflow's {DESCRIPTION_LIMIT} characters: the whole is {source})"
+        text = text[: DESCRIPTION_LIMIT - len(tail)].rsplit("\n", 1)[0] + tail
+    MlflowClient(tracking_uri()).update_model_version(name, version, description=text)
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

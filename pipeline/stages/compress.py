@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, write_text
-from pipeline.core.outputs import CompressReport, Lineage, unmet
+from pipeline.core.outputs import CompressReport, unmet
 from pipeline.core.params import Params, flatten
 from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
@@ -27,13 +27,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     params, name, timer = start("compress", __doc__, argv, per_family=True)
     with timer.phase("data"):
         prepared = load_prepared()
-        lineage = Lineage.of(layout.model_dir(name))
     timer.imports("pipeline.ml.artifacts", "pipeline.ml.compression", "pipeline.ml.models")
     with timer.phase("data"):
         model = load_model(name)
+        lineage = tracking.lineage_of(params.experiment_name, layout.model_file(name))
     with contextlib.ExitStack() as stack:
         logged = {"seed": params.seed, **flatten(params.compress, "compress")}
-        child = tracking.stage_run(lineage.run_id, "compress", {"model_family": name})
+        child = tracking.stage_run(lineage, "compress", {"model_family": name})
         run = open_run(stack, timer, child, logged)
         with timer.phase("compute"):
             variants, report = compress(name, model, params, prepared)
@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             write_outputs(name, variants, report)
         outputs = [layout.compressed_dir(name), layout.compress_report(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
-            log_compression(run, lineage.run_id, name, report)
-        timer.finish(functools.partial(tracking.log_metrics, lineage.run_id))
+            log_compression(run, lineage, name, report)
+        timer.finish(functools.partial(tracking.log_metrics, lineage))
     print(summary(name, report))
 
 

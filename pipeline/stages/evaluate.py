@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path
-from pipeline.core.outputs import EvaluateReport, EvaluateSpeed, Lineage, unmet
+from pipeline.core.outputs import EvaluateReport, EvaluateSpeed, unmet
 from pipeline.core.params import Params, flatten
 from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
@@ -30,14 +30,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     params, name, timer = start("evaluate", __doc__, argv, per_family=True)
     with timer.phase("data"):
         prepared = load_prepared()
-        lineage = Lineage.of(layout.model_dir(name))
     started = time.perf_counter()
     timer.imports("pipeline.ml.artifacts", "pipeline.ml.inference", "pipeline.ml.training")
     with timer.phase("data"):  # every model file is checked before any work
         model, variants = load_models(name)
+        lineage = tracking.lineage_of(params.experiment_name, layout.model_file(name))
     with contextlib.ExitStack() as stack:
         logged = {"seed": params.seed, **flatten(params.evaluate, "evaluate")}
-        child = tracking.stage_run(lineage.run_id, "evaluate", {"model_family": name})
+        child = tracking.stage_run(lineage, "evaluate", {"model_family": name})
         run = open_run(stack, timer, child, logged)
         with timer.phase("compute"):
             report, speed, grid = evaluate(name, model, variants, prepared, params)
@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             timed = write_outputs(name, report, speed, grid, prepared["test"], model, started)
         outputs = [layout.evaluate_dir(name), layout.evaluate_report(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
-            log_evaluation(run, lineage.run_id, name, report, timed)
-        timer.finish(functools.partial(tracking.log_metrics, lineage.run_id))
+            log_evaluation(run, lineage, name, report, timed)
+        timer.finish(functools.partial(tracking.log_metrics, lineage))
     print(summary(name, report, timed, params.evaluate.robust_epsilon))
 
 

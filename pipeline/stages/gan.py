@@ -1,7 +1,8 @@
 """gan: train a class-conditional DCGAN on validated data and judge it with the train stage's CNN.
 
-Writes models/gan/ (generator.keras, losses.csv, samples/epoch_*.png, lineage.json) and
-reports/gan/metrics.json; its MLflow run is the GAN's lineage like any other model's.
+Writes models/gan/ (generator.keras, losses.csv, samples/epoch_*.png) and
+reports/gan/metrics.json; its MLflow run is the GAN's lineage like any other model's, tagged with
+the generator file's digest.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, history_csv
-from pipeline.core.outputs import GanMetrics, Lineage
+from pipeline.core.outputs import GanMetrics
 from pipeline.core.params import Params, flatten
 from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
@@ -37,17 +38,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             params.experiment_name, "gan", lineage_tags(params, prepared)
         )
         run = open_run(stack, timer, opening, lineage_params(params))
-        lineage = Lineage(run_id=run, experiment=params.experiment_name)
         with atomic_path(layout.GAN_DIR) as staging:  # models/gan/ appears whole or not at all
             with timer.phase("compute"):
                 splits, classes = prepared.splits, prepared.num_classes
                 gan = train_and_judge(params, splits, classes, classifier, staging)
             with timer.phase("outputs"):
-                write_generator(staging, gan, lineage)
+                write_generator(staging, gan)
         with timer.phase("outputs"):
             gan.metrics.write(layout.GAN_METRICS)
         with timer.phase("logging"), tracking.after_outputs([layout.GAN_DIR, layout.GAN_METRICS]):
             log_gan(run, gan, params.gan.latent_dim)
+            tracking.log_datasets(run, prepared.manifest, params.data.model_dump())
+            tracking.record_model(run, layout.GAN_DIR / layout.GENERATOR_FILE)
         timer.finish(functools.partial(tracking.log_metrics, run))
     seconds = f"trained in {gan.train_seconds:.0f} s"
     print(f"gan: {summary(gan.metrics)}, {seconds} -> {layout.GAN_DIR}, MLflow run {run}")
@@ -64,14 +66,13 @@ def lineage_tags(params: Params, prepared: Prepared) -> dict[str, Any]:
         "model_family": "gan",
         "dvc_stage": "gan",
         "judge_model": str(judge_model),
-        "judge_run_id": Lineage.of(judge_model.parent).run_id,
+        "judge_run_id": tracking.lineage_of(params.experiment_name, judge_model),
     }
 
 
-def write_generator(folder: Path, gan: TrainedGan, lineage: Lineage) -> None:
+def write_generator(folder: Path, gan: TrainedGan) -> None:
     save_keras(gan.generator, folder / layout.GENERATOR_FILE)
     (folder / layout.LOSSES_FILE).write_text(history_csv(gan.losses), encoding="utf-8")
-    lineage.write(folder / layout.LINEAGE_FILE)
 
 
 def log_gan(run: str, gan: TrainedGan, latent_dim: int) -> None:

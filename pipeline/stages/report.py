@@ -1,4 +1,5 @@
-"""report: one self-contained page comparing every model, reports/index.html.
+"""report: one self-contained page comparing every model, reports/index.html, and a model card
+per family, reports/model_cards/<family>.md.
 
 Reads what the other stages wrote (metrics, figures, validation results, the manifest) and
 embeds every image, so the page opens from disk with no network. Strings from data, params and
@@ -17,7 +18,8 @@ from typing import Any
 
 from pipeline.core import layout
 from pipeline.core.cli import PipelineError, run_stage
-from pipeline.core.io import read_json, write_text
+from pipeline.core.io import atomic_path, file_digest, read_json, write_text
+from pipeline.core.model_card import CardSources, ModelCard, card_markdown, model_card
 from pipeline.core.outputs import (
     CompressReport,
     EvaluateReport,
@@ -28,7 +30,7 @@ from pipeline.core.outputs import (
     unmet,
 )
 from pipeline.core.params import Params, flatten
-from pipeline.core.provenance import git_state, package_versions
+from pipeline.core.provenance import dvc_inputs, git_state, package_versions
 from pipeline.core.stage import start
 from pipeline.data.validation_results import failures
 
@@ -38,9 +40,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     with timer.phase("data"):
         page = context(params)
     with timer.phase("outputs"):
+        write_cards(page["cards"])
         write_text(layout.REPORT_PAGE, render(page))
     timer.finish()
-    print(f"report: {len(layout.MODEL_NAMES)} models compared -> {layout.REPORT_PAGE}")
+    print(
+        f"report: {len(layout.MODEL_NAMES)} models compared -> {layout.REPORT_PAGE}, model cards "
+        f"-> {layout.MODEL_CARDS_DIR}"
+    )
+
+
+def write_cards(cards: list[ModelCard]) -> None:
+    """Every card, or none: the folder is replaced whole."""
+    with atomic_path(layout.MODEL_CARDS_DIR) as folder:
+        folder.mkdir()
+        for card in cards:
+            (folder / f"{card.family}.md").write_text(card_markdown(card), encoding="utf-8")
+
+
+def card_for(name: str, params: Params, manifest: dict[str, Any], validation: dict) -> ModelCard:
+    git = git_state()
+    inputs = dvc_inputs(f"train@{name}")
+    return model_card(
+        CardSources(
+            family=name,
+            params=params,
+            manifest=manifest,
+            validation=validation,
+            train=TrainMetrics.read(layout.train_metrics(name)),
+            evaluated=EvaluateReport.read(layout.evaluate_report(name)),
+            compressed=CompressReport.read(layout.compress_report(name)),
+            model_digest=file_digest(layout.model_file(name)),
+            dvc_inputs_digest=inputs.get("digest", f"not recorded ({inputs.get('error')})"),
+            git_commit=git.get("git_commit", "unknown"),
+            git_dirty=git.get("git_dirty", "unknown"),
+        )
+    )
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -159,6 +193,7 @@ def context(params: Params) -> dict[str, Any]:
         "title": f"Model report: {params.experiment_name}",
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": [model_row(name) for name in layout.MODEL_NAMES],
+        "cards": [card_for(name, params, manifest, validation) for name in layout.MODEL_NAMES],
         "learning_curves": learning_curves_png(
             {name: history(layout.history_file(name)) for name in layout.MODEL_NAMES}
         ),
@@ -188,6 +223,16 @@ def context(params: Params) -> dict[str, Any]:
     }
 
 
+def inline_code(text: str) -> Any:
+    """A sentence escaped, with its `backticked` parts as <code>."""
+    import re
+
+    import markupsafe
+
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
+
+
 def render(values: dict[str, Any]) -> str:
     import jinja2
 
@@ -199,6 +244,7 @@ def render(values: dict[str, Any]) -> str:
         lstrip_blocks=True,
     )
     environment.filters["num"] = lambda v, digits=4: "–" if v is None else f"{v:.{digits}f}"
+    environment.filters["code"] = inline_code
     environment.filters["kib"] = lambda v: "–" if v is None else f"{v / 1024:,.1f} KiB"
     return environment.get_template(layout.REPORT_TEMPLATE.name).render(**values)
 

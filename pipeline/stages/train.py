@@ -1,6 +1,7 @@
 """train: fit one classifier family (fnn, cnn or lstm) on validated data; start its lineage run.
 
-Writes models/<name>/ (model.keras, history.csv, lineage.json) and reports/train/<name>.json.
+Writes models/<name>/ (model.keras, history.csv, inputs.json) and reports/train/<name>.json; the
+lineage run is tagged with the model file's digest, by which later stages find it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, history_csv
-from pipeline.core.outputs import Lineage, ModelInputs, TrainMetrics
+from pipeline.core.outputs import ModelInputs, TrainMetrics
 from pipeline.core.params import Params
 from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
@@ -43,22 +44,26 @@ def main(argv: Sequence[str] | None = None) -> None:
                 name, params, prepared.splits, prepared.num_classes, checkpoints
             )
         with timer.phase("outputs"):  # first: a logging failure must not lose the model
-            lineage = Lineage(run_id=run, experiment=params.experiment_name)
-            write_outputs(name, *trained, lineage, ModelInputs.from_manifest(prepared.manifest))
+            write_outputs(name, *trained, ModelInputs.from_manifest(prepared.manifest))
             clear_backup(checkpoints)
         outputs = [layout.model_dir(name), layout.train_metrics(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
             _model, history, metrics = trained
             log_training(run, name, history, metrics, example=prepared["test"][0][:5])
+            tracking.log_datasets(run, prepared.manifest, params.data.model_dump())
+            lineage = tracking.record_model(run, layout.model_file(name)) or run
         timer.finish(functools.partial(tracking.log_metrics, run))
-    print(summary(name, trained[2], run))
+    print(summary(name, trained[2], run, lineage))
 
 
-def summary(name: str, metrics: TrainMetrics, run: str) -> str:
-    return (
+def summary(name: str, metrics: TrainMetrics, run: str, lineage: str) -> str:
+    text = (
         f"train: {name} test accuracy {metrics.test_accuracy:.4f} ({metrics.epochs_trained} "
         f"epochs) -> {layout.model_dir(name)}, MLflow run {run}"
     )
+    if lineage != run:
+        text += f": the same weights as run {lineage}, which stays the lineage"
+    return text
 
 
 def lineage_tags(name: str, params: Params, prepared: Prepared) -> dict[str, Any]:
@@ -84,7 +89,6 @@ def write_outputs(
     model: Any,
     history: dict[str, list[float]],
     metrics: TrainMetrics,
-    lineage: Lineage,
     inputs: ModelInputs,
 ) -> None:
     """models/<name>/, written in a temporary folder and renamed (never half-written), then the
@@ -95,7 +99,6 @@ def write_outputs(
         folder.mkdir()
         save_keras(model, folder / layout.MODEL_FILE)
         (folder / layout.HISTORY_FILE).write_text(history_csv(history), encoding="utf-8")
-        lineage.write(folder / layout.LINEAGE_FILE)
         inputs.write(folder / layout.INPUTS_FILE)
     metrics.write(layout.train_metrics(name))
 

@@ -21,13 +21,13 @@ from pipeline.core.layout import (
     PROMOTION,
     REJECTED_DIR,
     VALIDATION_RESULTS,
-    model_dir,
+    model_card_file,
+    model_file,
 )
 from pipeline.core.outputs import (
     Check,
     Checks,
     Decision,
-    Lineage,
     LineageMetric,
     Promotion,
     RegistryVersion,
@@ -91,7 +91,8 @@ def validated(validation: dict[str, Any], data_hash: str | None) -> list[str]:
 
 
 def promote_family(family: str, experiment: str, p: PromoteParams, validation: dict) -> Decision:
-    run_id, name = Lineage.of(model_dir(family)).run_id, f"{experiment}-{family}"
+    run_id = tracking.lineage_of(experiment, model_file(family))
+    name = f"{experiment}-{family}"
     run = tracking.run_summary(run_id)
     problems = validated(validation, run["tags"].get("data_hash"))
     if problems:
@@ -118,6 +119,7 @@ def promote_family(family: str, experiment: str, p: PromoteParams, validation: d
     alias = CHAMPION if blessed else CHALLENGER
     version = tracking.register_version(name, run_id, {"decision": alias})
     tracking.set_alias(name, alias, version)
+    describe(name, version, run_id, family)
     said = [reasons[n] for n, c in checks.items() if blessed or not c.met]
     if current is None and blessed:
         said.append("no champion yet: the first candidate that meets the thresholds")
@@ -137,6 +139,17 @@ def promote_family(family: str, experiment: str, p: PromoteParams, validation: d
         tracking.log_dict(child, decision.model_dump(), "promote/decision.json")
     tracking.set_tags(run_id, {"promotion.decision": alias, "promotion.version": version})
     return decision
+
+
+def describe(name: str, version: str, run_id: str, family: str) -> None:
+    """The report stage's model card, as the version's description in the registry and as an
+    artifact of the lineage run, so the MLflow UI shows what the model is and how it measured."""
+    card = model_card_file(family)
+    if not card.is_file():
+        print(f"promote: {family}: {card} missing (run the report stage): no description set")
+        return
+    tracking.log_artifacts(run_id, [card], "model_card")
+    tracking.describe_version(name, version, card.read_text(encoding="utf-8"), str(card))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
