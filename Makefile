@@ -16,7 +16,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
-setup: $(VENV)/.installed
+# `dvc plots show` and `dvc plots diff` fill this template (.dvc/config): Vega inlined, so
+# their pages render offline. Built from the npm registry's pinned packages (tools/plots).
+PLOTS_TEMPLATE := .dvc/plots/offline.html
+$(PLOTS_TEMPLATE): tools/plots/node_modules/.package-lock.json tools/plots/build.mjs
+	node tools/plots/build.mjs
+
+tools/plots/node_modules/.package-lock.json: tools/plots/package-lock.json
+	npm ci --prefix tools/plots --no-audit --no-fund
+
+setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
 # Set up, then run the whole DAG on the embedded data.
 run: setup

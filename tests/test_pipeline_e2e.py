@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -372,6 +373,40 @@ def test_report_page_is_self_contained_and_renders(project: Path):
         assert len(commit_text.split()[0]) == 40
         page.screenshot(path=str(project / "reports/index.png"), full_page=True)
     assert (project / "reports/index.png").stat().st_size > 50_000
+
+
+@pytest.mark.parametrize("command", ["show", "diff"])
+def test_dvc_plots_render_every_declared_plot_with_the_network_off(
+    project: Path, tmp_path: Path, command: str
+):
+    template = ".dvc/plots/offline.html"  # built by the setup, named by .dvc/config
+    (project / template).parent.mkdir(exist_ok=True)
+    shutil.copy(REPO / template, project / template)
+    out = tmp_path / "plots"
+    result = run(project, "dvc", "plots", command, "-o", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = (out / "index.html").read_text()
+    assert "cdn.jsdelivr.net" not in html and "<script src=" not in html
+    declared = 7 + len(MODELS)  # dvc.yaml's plots, and each compress stage's trade-off
+    with chromium() as browser:
+        context = browser.new_context(offline=True)
+        page = context.new_page()
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((out / "index.html").as_uri())
+        drawing = "document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length"
+        page.wait_for_function(f"{drawing} >= {declared}", timeout=60_000)
+        drawn = page.evaluate(
+            """[...document.querySelectorAll('.vega-embed')].map(e => {
+                const c = e.querySelector('canvas, svg');
+                return c ? c.getBoundingClientRect().width * c.getBoundingClientRect().height : 0;
+            })"""
+        )
+    assert errors == []
+    assert all(url.startswith(("file:", "data:")) for url in requested), requested
+    assert len(drawn) == declared and min(drawn) > 10_000, drawn  # every plot has an area
 
 
 def test_model_cards_state_what_the_stages_measured(project: Path):
