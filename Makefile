@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test-tools run test lint ui retrain serve tracking-server mnist-5k
+.PHONY: setup plots-template test-tools run test lint ui retrain serve tracking-server mnist-5k
 
 # The environment, rebuilt only when the dependency pins change.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -16,16 +16,25 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
-# `dvc plots show` and `dvc plots diff` fill this template (.dvc/config): Vega inlined, so
-# their pages render offline. Built from the npm registry's pinned packages (tools/plots).
+# `dvc plots show` and `dvc plots diff` fill this template, with Vega inlined, so that their
+# pages render offline; built from the npm registry's pinned packages (tools/plots) and named
+# in this checkout's .dvc/config.local. Without npm, DVC's own page (Vega from a CDN) stays.
 PLOTS_TEMPLATE := .dvc/plots/offline.html
-$(PLOTS_TEMPLATE): tools/plots/node_modules/.package-lock.json tools/plots/build.mjs
+$(PLOTS_TEMPLATE): $(VENV)/.installed tools/plots/node_modules/.package-lock.json tools/plots/build.mjs
 	node tools/plots/build.mjs
+	$(BIN)/dvc config --local plots.html_template plots/offline.html
 
 tools/plots/node_modules/.package-lock.json: tools/plots/package-lock.json
 	npm ci --prefix tools/plots --no-audit --no-fund
 
-setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
+ifneq ($(shell command -v npm),)
+plots-template: $(PLOTS_TEMPLATE)
+else
+plots-template:
+	@echo "setup: no npm here: dvc plots show loads Vega from a CDN (offline plots need Node.js)"
+endif
+
+setup: $(VENV)/.installed plots-template
 
 # Set up, then run the whole DAG on the embedded data.
 run: setup

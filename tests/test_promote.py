@@ -179,21 +179,41 @@ def test_the_model_card_becomes_the_versions_description_cut_at_the_registrys_li
 ):
     from mlflow.tracking import MlflowClient
 
+    from pipeline.core.io import file_digest
     from pipeline.core.tracking import DESCRIPTION_LIMIT
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id = candidate(tmp_path, "cnn", 0.95)
+    digest = file_digest(tmp_path / "models/cnn/model.keras")
     card = tmp_path / "reports/model_cards/cnn.md"
     card.parent.mkdir(parents=True)
-    lines = [f"- measured line {i}" for i in range(600)]  # far over the limit
+    lines = [f"- model file sha256 `{digest}`", *(f"- measured line {i}" for i in range(600))]
     card.write_text("# Model card: cnn on digits\n" + "\n".join(lines) + "\n")
-    run_id = candidate(tmp_path, "cnn", 0.95)
     decision = promote_family("cnn", "digits", RULES, {"success": True, "content_hash": "h"})
     description = MlflowClient(uri).get_model_version("digits-cnn", decision.version).description
-    assert len(description) <= DESCRIPTION_LIMIT
     kept, tail = description.rsplit("\n\n", 1)
-    assert card.read_text().startswith(kept + "\n")  # whole lines, from the start
     assert tail == "… (cut at MLflow's 5000 characters: the whole is reports/model_cards/cnn.md)"
+    assert card.read_text().startswith(kept + "\n")  # whole lines, from the start
+    longest = max(len(line) for line in lines) + 1
+    assert DESCRIPTION_LIMIT - longest < len(description) <= DESCRIPTION_LIMIT
     artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run_id, "model_card")]
     assert artifacts == ["model_card/cnn.md"]
+
+
+def test_a_card_of_another_model_is_not_set_as_the_description(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id = candidate(tmp_path, "cnn", 0.95)
+    card = tmp_path / "reports/model_cards/cnn.md"
+    card.parent.mkdir(parents=True)
+    card.write_text(f"# Model card: cnn on digits\n- model file sha256 `{'0' * 64}`\n")
+    decision = promote_family("cnn", "digits", RULES, {"success": True, "content_hash": "h"})
+    version = MlflowClient(uri).get_model_version("digits-cnn", decision.version)
+    assert not version.description
+    assert MlflowClient(uri).list_artifacts(run_id, "model_card") == []
+    assert "reports/model_cards/cnn.md describes another model" in capsys.readouterr().out

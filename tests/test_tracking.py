@@ -111,6 +111,39 @@ def test_a_model_files_lineage_is_the_first_finished_run_that_produced_its_bytes
     assert tracking.lineage_of("digits", model) == other
 
 
+def test_each_dvc_experiment_keeps_its_own_lineage_of_the_same_bytes(
+    store: str, tmp_path: Path, monkeypatch
+):
+    """Points of a sweep can train the same bytes: each point's later stages log to its own
+    run, and the workspace's stay on the workspace's."""
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"weights every point trains alike")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with tracking.lineage_run("digits", "cnn", {}) as workspace:
+        assert tracking.record_model(workspace, model) is None
+    points = {}
+    for name in ("point-a", "point-b"):
+        monkeypatch.setenv("DVC_EXP_NAME", name)
+        with tracking.lineage_run("digits", "cnn", {}) as run_id:
+            assert tracking.record_model(run_id, model) is None  # not the workspace's reproduction
+        points[name] = run_id
+    monkeypatch.setenv("DVC_EXP_NAME", "point-a")
+    assert tracking.lineage_of("digits", model) == points["point-a"]
+    with tracking.lineage_run("digits", "cnn", {}) as rerun:  # the same point, trained again
+        assert tracking.record_model(rerun, model) == points["point-a"]
+    monkeypatch.setenv("DVC_EXP_NAME", "point-b")
+    assert tracking.lineage_of("digits", model) == points["point-b"]
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert tracking.lineage_of("digits", model) == workspace
+    # A point applied to the workspace (`dvc exp apply`) has no workspace run: its own is found.
+    model.write_bytes(b"weights only point-c trained")
+    monkeypatch.setenv("DVC_EXP_NAME", "point-c")
+    with tracking.lineage_run("digits", "cnn", {}) as applied:
+        tracking.record_model(applied, model)
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert tracking.lineage_of("digits", model) == applied
+
+
 def test_a_model_without_a_lineage_run_is_one_line_naming_the_file(store: str, tmp_path: Path):
     model = tmp_path / "model.keras"
     with pytest.raises(PipelineError, match=r"model.keras: missing; run the stage"):
@@ -123,7 +156,7 @@ def test_a_model_without_a_lineage_run_is_one_line_naming_the_file(store: str, t
             tracking.lineage_of(experiment, model)
         message = str(info.value)
         assert message.startswith(f"{model}: no MLflow run in experiment '{experiment}' of ")
-        assert "\n" not in message and "rerun the stage that trains this model" in message
+        assert "\n" not in message and "dvc repro --force --downstream" in message
 
 
 def test_each_split_is_a_dataset_input_of_the_run_named_by_its_content(store: str):
@@ -137,7 +170,8 @@ def test_each_split_is_a_dataset_input_of_the_run_named_by_its_content(store: st
         },
     }
     with tracking.lineage_run("digits", "fnn", {}) as run_id:
-        tracking.log_datasets(run_id, manifest, {"source": "digits", "path": None})
+        data = {"source": "digits", "path": None, "class_names": ["zero", "one"]}
+        tracking.log_datasets(run_id, manifest, data)
     inputs = MlflowClient(store).get_run(run_id).inputs.dataset_inputs
     by_context = {i.tags[0].value: i.dataset for i in inputs}
     assert set(by_context) == {"training", "validation", "testing"}

@@ -109,7 +109,8 @@ def _json_default(value: Any) -> Any:
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes; one line naming it when it is missing."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
     except FileNotFoundError:
         raise PipelineError(f"{path}: missing; run the stage that trains this model") from None
 

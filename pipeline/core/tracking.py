@@ -116,6 +116,11 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
+DIGEST_TAG = "model_digest"  # sha256 of the model file a lineage run produced
+REPRODUCES_TAG = "reproduces"  # on a run whose model has the bytes of an earlier lineage run's
+DVC_EXPERIMENT_TAG = "dvc_experiment"  # set by `dvc exp run` (DVC_EXP_NAME)
+
+
 @contextlib.contextmanager
 def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iterator[str]:
     """Start a model's lineage run and yield its id; it ends FINISHED, or FAILED on an error.
@@ -131,7 +136,7 @@ def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iter
     if project_run:
         all_tags["mlflow_project_run_id"] = project_run
     if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`: the run's DVC experiment
-        all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+        all_tags[DVC_EXPERIMENT_TAG] = os.environ["DVC_EXP_NAME"]
     inputs = dvc_inputs(str(tags.get("dvc_stage", run_name)))
     all_tags["dvc_inputs_md5"] = inputs.get("digest", inputs.get("error", ""))
     try:
@@ -152,21 +157,17 @@ def lineage_run(experiment: str, run_name: str, tags: Mapping[str, Any]) -> Iter
             raise
 
 
-DIGEST_TAG = "model_digest"  # sha256 of the model file a lineage run produced
-REPRODUCES_TAG = "reproduces"  # on a run whose model has the bytes of an earlier lineage run's
-
-
 def record_model(run_id: str, model_file: Path) -> str | None:
     """Tag the run with its model file's digest. Returns the earlier lineage run of the same
-    bytes, if any: it stays the model's lineage (the later stages logged their results there),
-    and this run is tagged as reproducing it."""
+    bytes in the same DVC experiment, if any: it stays the model's lineage (the later stages
+    logged their results there), and this run is tagged as reproducing it."""
     digest = file_digest(model_file)
     client = MlflowClient(tracking_uri())
     experiment = client.get_run(run_id).info.experiment_id
     earlier = [
         r
         for r in _runs_of(client, experiment, digest)
-        if r.info.status == "FINISHED" and r.info.run_id != run_id
+        if _in_this_dvc_experiment(r) and r.info.status == "FINISHED" and r.info.run_id != run_id
     ]
     tags = {DIGEST_TAG: digest, **({REPRODUCES_TAG: earlier[0].info.run_id} if earlier else {})}
     set_tags(run_id, tags)
@@ -174,8 +175,10 @@ def record_model(run_id: str, model_file: Path) -> str | None:
 
 
 def lineage_of(experiment: str, model_file: Path) -> str:
-    """The lineage run of the model in `model_file`: the first run of the experiment tagged
-    with the file's digest, a FINISHED one before any other."""
+    """The lineage run of the model in `model_file`: the first run of the MLflow experiment
+    tagged with the file's digest, this DVC experiment's runs before others' (each
+    `dvc exp run` keeps its own lineages, as points of a sweep with the same bytes must), and
+    a FINISHED run before any other."""
     digest = file_digest(model_file)
     uri = tracking_uri()
     try:
@@ -187,10 +190,14 @@ def lineage_of(experiment: str, model_file: Path) -> str:
     if not runs:
         raise PipelineError(
             f"{model_file}: no MLflow run in experiment {experiment!r} of {redact(uri)} produced "
-            f"it (sha256 {digest[:12]}…); rerun the stage that trains this model "
-            "(dvc repro --force <stage>)"
+            f"it (sha256 {digest[:12]}…); rerun its training and the stages after it "
+            "(dvc repro --force --downstream <the stage that trains it>)"
         )
     return runs[0].info.run_id
+
+
+def _in_this_dvc_experiment(run: Any) -> bool:
+    return run.data.tags.get(DVC_EXPERIMENT_TAG, "") == os.environ.get("DVC_EXP_NAME", "")
 
 
 def _runs_of(client: MlflowClient, experiment_id: str, digest: str) -> list[Any]:
@@ -200,7 +207,8 @@ def _runs_of(client: MlflowClient, experiment_id: str, digest: str) -> list[Any]
         order_by=["attributes.start_time ASC"],
         max_results=1000,
     )
-    return sorted(runs, key=lambda r: r.info.status != "FINISHED")  # stable: keeps start order
+    # A stable sort: start order within each group.
+    return sorted(runs, key=lambda r: (not _in_this_dvc_experiment(r), r.info.status != "FINISHED"))
 
 
 @contextlib.contextmanager
@@ -361,6 +369,8 @@ def log_datasets(run_id: str, manifest: Mapping[str, Any], data_params: Mapping[
     prepared content hash, source the DVC path with the params that produced it, profile the
     row and class counts."""
     digest = str(manifest["content_hash"])[:DIGEST_LENGTH]
+    # Up to 1,000 class names would overflow a source field: they are in the run's inputs.json.
+    source = {key: value for key, value in data_params.items() if key != "class_names"}
     inputs = []
     for split, context in DATASET_CONTEXTS.items():
         counts = manifest["splits"][split]
@@ -369,7 +379,7 @@ def log_datasets(run_id: str, manifest: Mapping[str, Any], data_params: Mapping[
             name=f"{manifest['source']}-{split}",
             digest=digest,
             source_type="dvc",
-            source=json.dumps({"path": path.as_posix(), "data": dict(data_params)}, default=str),
+            source=json.dumps({"path": path.as_posix(), "data": source}, default=str),
             schema=json.dumps({"x": {"shape": [-1, *manifest["image_shape"]]}, "y": "int"}),
             profile=json.dumps(
                 {"num_rows": counts["count"], "class_counts": counts["class_counts"]}

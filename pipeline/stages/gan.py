@@ -47,9 +47,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         with timer.phase("outputs"):
             gan.metrics.write(layout.GAN_METRICS)
         with timer.phase("logging"), tracking.after_outputs([layout.GAN_DIR, layout.GAN_METRICS]):
+            tracking.record_model(run, layout.GAN_DIR / layout.GENERATOR_FILE)  # first: its key
             log_gan(run, gan, params.gan.latent_dim)
             tracking.log_datasets(run, prepared.manifest, params.data.model_dump())
-            tracking.record_model(run, layout.GAN_DIR / layout.GENERATOR_FILE)
         timer.finish(functools.partial(tracking.log_metrics, run))
     seconds = f"trained in {gan.train_seconds:.0f} s"
     print(f"gan: {summary(gan.metrics)}, {seconds} -> {layout.GAN_DIR}, MLflow run {run}")

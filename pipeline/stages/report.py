@@ -57,8 +57,9 @@ def write_cards(cards: list[ModelCard]) -> None:
             (folder / f"{card.family}.md").write_text(card_markdown(card), encoding="utf-8")
 
 
-def card_for(name: str, params: Params, manifest: dict[str, Any], validation: dict) -> ModelCard:
-    git = git_state()
+def card_for(
+    name: str, params: Params, manifest: dict[str, Any], validation: dict, git: dict[str, str]
+) -> ModelCard:
     inputs = dvc_inputs(f"train@{name}")
     return model_card(
         CardSources(
@@ -193,7 +194,7 @@ def context(params: Params) -> dict[str, Any]:
         "title": f"Model report: {params.experiment_name}",
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": [model_row(name) for name in layout.MODEL_NAMES],
-        "cards": [card_for(name, params, manifest, validation) for name in layout.MODEL_NAMES],
+        "cards": [card_for(name, params, manifest, validation, git) for name in layout.MODEL_NAMES],
         "learning_curves": learning_curves_png(
             {name: history(layout.history_file(name)) for name in layout.MODEL_NAMES}
         ),

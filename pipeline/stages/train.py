@@ -49,9 +49,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         outputs = [layout.model_dir(name), layout.train_metrics(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
             _model, history, metrics = trained
+            # First: the tag by which every later stage finds this run.
+            lineage = tracking.record_model(run, layout.model_file(name)) or run
             log_training(run, name, history, metrics, example=prepared["test"][0][:5])
             tracking.log_datasets(run, prepared.manifest, params.data.model_dump())
-            lineage = tracking.record_model(run, layout.model_file(name)) or run
         timer.finish(functools.partial(tracking.log_metrics, run))
     print(summary(name, trained[2], run, lineage))
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from pipeline.core import tracking
 from pipeline.core.cli import PipelineError, run_stage, stage_args
-from pipeline.core.io import read_json
+from pipeline.core.io import file_digest, read_json
 from pipeline.core.layout import (
     MANIFEST,
     PREPARED_DIR,
@@ -148,8 +148,12 @@ def describe(name: str, version: str, run_id: str, family: str) -> None:
     if not card.is_file():
         print(f"promote: {family}: {card} missing (run the report stage): no description set")
         return
+    text = card.read_text(encoding="utf-8")
+    if f"`{file_digest(model_file(family))}`" not in text:  # the card names its model's sha256
+        print(f"promote: {family}: {card} describes another model (run the report stage)")
+        return
     tracking.log_artifacts(run_id, [card], "model_card")
-    tracking.describe_version(name, version, card.read_text(encoding="utf-8"), str(card))
+    tracking.describe_version(name, version, text, str(card))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
