@@ -36,6 +36,7 @@ from tests.e2e import commit, copy_project, update_params
 
 OUTPUT = REPO / "reports/benchmarks/scaling.json"
 MAX_SLOPE = 1.1
+REPRO_TIMEOUT_S = 4 * 3600  # 60,000 images take about an hour on 2 cores
 
 
 def mnist_shaped(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +80,7 @@ def run_size(count: int, overrides: dict[str, Any], folder: Path) -> dict[str, A
     update_params(project, overrides)  # merged key by key, then the data they run on
     update_params(project, {"data": {"source": "npz", "path": "data/scaling.npz"}})
     commit(project, f"{count} MNIST-shaped images")
-    wall = timed(project, "dvc", "repro")
+    wall = timed(project, "dvc", "repro", timeout=REPRO_TIMEOUT_S)
     return {
         "images": count,
         "wall_s": wall,

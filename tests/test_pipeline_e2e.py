@@ -444,7 +444,8 @@ def test_model_cards_state_what_the_stages_measured(project: Path):
         assert f"Prepared content hash `{manifest['content_hash']}`" in card
     html = (project / "reports/index.html").read_text()
     assert html.count('<details id="card-') == len(MODELS)
-    assert "<code>pruned_int8</code>" in html or "<code>int8</code>" in html
+    digest = file_digest(project / "models/cnn/model.keras")
+    assert f"Model file sha256 <code>{digest}</code>" in html  # backticks become code
 
 
 def test_report_escapes_strings_from_params(project: Path):
