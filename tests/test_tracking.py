@@ -151,6 +151,10 @@ def test_a_model_without_a_lineage_run_is_one_line_naming_the_file(store: str, t
     model.write_bytes(b"weights no run produced")
     with tracking.lineage_run("digits", "fnn", {}):  # the experiment exists, the run does not
         pass
+    with tracking.lineage_run("mnist", "fnn", {}) as elsewhere:  # the params named another
+        tracking.record_model(elsewhere, model)
+    assert tracking.lineage_of("digits", model) == elsewhere
+    model.write_bytes(b"weights no run produced at all")
     for experiment in ("digits", "no-such-experiment"):
         with pytest.raises(PipelineError) as info:
             tracking.lineage_of(experiment, model)

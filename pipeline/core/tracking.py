@@ -166,7 +166,7 @@ def record_model(run_id: str, model_file: Path) -> str | None:
     experiment = client.get_run(run_id).info.experiment_id
     earlier = [
         r
-        for r in _runs_of(client, experiment, digest)
+        for r in _runs_of(client, [experiment], digest)
         if _in_this_dvc_experiment(r) and r.info.status == "FINISHED" and r.info.run_id != run_id
     ]
     tags = {DIGEST_TAG: digest, **({REPRODUCES_TAG: earlier[0].info.run_id} if earlier else {})}
@@ -178,13 +178,16 @@ def lineage_of(experiment: str, model_file: Path) -> str:
     """The lineage run of the model in `model_file`: the first run of the MLflow experiment
     tagged with the file's digest, this DVC experiment's runs before others' (each
     `dvc exp run` keeps its own lineages, as points of a sweep with the same bytes must), and
-    a FINISHED run before any other."""
+    a FINISHED run before any other; in any experiment when none of this one has it."""
     digest = file_digest(model_file)
     uri = tracking_uri()
     try:
         client = open_store(uri)
         found = client.get_experiment_by_name(experiment)
-        runs = _runs_of(client, found.experiment_id, digest) if found else []
+        runs = _runs_of(client, [found.experiment_id], digest) if found else []
+        if not runs:  # trained under another experiment name than the params give now
+            everywhere = [e.experiment_id for e in client.search_experiments()]
+            runs = _runs_of(client, everywhere, digest) if everywhere else []
     except Exception as error:
         raise PipelineError(f"MLflow tracking store {unavailable(uri, error)}") from None
     if not runs:
@@ -200,9 +203,9 @@ def _in_this_dvc_experiment(run: Any) -> bool:
     return run.data.tags.get(DVC_EXPERIMENT_TAG, "") == os.environ.get("DVC_EXP_NAME", "")
 
 
-def _runs_of(client: MlflowClient, experiment_id: str, digest: str) -> list[Any]:
+def _runs_of(client: MlflowClient, experiment_ids: list[str], digest: str) -> list[Any]:
     runs = client.search_runs(
-        [experiment_id],
+        experiment_ids,
         filter_string=f"tags.{DIGEST_TAG} = '{digest}'",
         order_by=["attributes.start_time ASC"],
         max_results=1000,
