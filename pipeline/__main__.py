@@ -14,7 +14,7 @@ import sys
 
 from pipeline.runtime import client
 
-STAGES = ("ingest", "validate", "train", "gan", "compress", "evaluate", "report")
+STAGES = ("ingest", "validate", "baseline", "train", "gan", "compress", "evaluate", "report")
 PREWARM = ("ingest", "validate")  # the stages that come before the TensorFlow ones
 TOOLS = ("promote", "sweep", "generate", "predict")
 

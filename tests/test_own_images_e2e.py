@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e import (
+    TINY_BASELINE,
     TINY_COMPRESS,
     TINY_EVALUATE,
     TINY_GAN,
@@ -63,6 +64,7 @@ def project(tmp_path_factory) -> Path:
             "data": {"source": "folder", "path": "photos", "image_size": [SIDE, SIDE]},
             "validate": {"min_rows_per_split": 10},
             "train": TINY_TRAIN,
+            "baseline": TINY_BASELINE,
             "gan": {**TINY_GAN, "eval_per_class": 10},
             "compress": TINY_COMPRESS,
             "evaluate": {**TINY_EVALUATE, "faithfulness_images": 12},

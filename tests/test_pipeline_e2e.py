@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.e2e import (
+    TINY_BASELINE,
     TINY_COMPRESS,
     TINY_EVALUATE,
     TINY_GAN,
@@ -43,6 +44,7 @@ def project(tmp_path_factory) -> Path:
             "compress": TINY_COMPRESS,
             "evaluate": TINY_EVALUATE,
             "promote": TINY_PROMOTE,
+            "baseline": TINY_BASELINE,
         },
     )
     commit(root, "tiny params")
@@ -72,6 +74,56 @@ def lineage_runs(project: Path) -> dict:
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     # Later stages record each execution as a child run of the lineage: count lineages only.
     return {r.info.run_id: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+
+
+def baseline_run(project: Path, name: str):
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("digits")
+    (found,) = client.search_runs(
+        [experiment.experiment_id], f"tags.baseline = 'true' and attributes.run_name = '{name}'"
+    )
+    return found
+
+
+def test_the_baselines_are_lineage_runs_whose_logged_models_score_what_they_report(
+    project: Path, monkeypatch
+):
+    """Both baselines, fitted on the same prepared split: their reports, their lineage runs
+    (params, the deep models' metric names, the data), and the logged scikit-learn model,
+    which reproduces the reported test accuracy when MLflow loads it."""
+    import mlflow.pyfunc
+
+    from pipeline.core.layout import baseline_report
+    from pipeline.core.outputs import BaselineReport
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    with np.load(project / "data/prepared/test.npz") as split:
+        x, y = split["x"], split["y"]
+    manifest = read(project / "data/prepared/manifest.json")
+    for name in ("svc", "boosting"):
+        report = BaselineReport.read(project / baseline_report(name))
+        run_ = baseline_run(project, name)
+        assert run_.info.status == "FINISHED" and run_.data.tags["dvc_stage"] == "baseline"
+        assert run_.data.tags["data_hash"] == manifest["content_hash"]
+        metrics = run_.data.metrics
+        assert metrics["test_accuracy"] == metrics["evaluate.accuracy"] == report.test_accuracy
+        assert metrics["evaluate.ece"] == report.clean.ece
+        logged = mlflow.pyfunc.load_model(f"runs:/{run_.info.run_id}/model")
+        probabilities = np.asarray(logged.predict(x.reshape(len(x), -1).astype(np.float32)))
+        assert np.mean(probabilities.argmax(axis=1) == y) == report.test_accuracy
+        contexts = {i.tags[0].value for i in run_.inputs.dataset_inputs}
+        assert contexts == {"training", "validation", "testing"}
+    svc = BaselineReport.read(project / baseline_report("svc"))
+    assert len(svc.grid) == len(TINY_BASELINE["svc"]["C"])
+    assert run_.data.params["baseline.boosting.max_iter"] == "20"
+    # Measured on this split: 0.9889 (C 1) and 0.9917 (C 10); 20 rounds of boosting ~0.95.
+    assert svc.test_accuracy >= 0.985
+    boosting = BaselineReport.read(project / baseline_report("boosting"))
+    assert 0.9 <= boosting.test_accuracy < svc.test_accuracy
+    shown = run(project, "dvc", "metrics", "show", "--json").stdout
+    assert "reports/baseline/svc.json" in shown and "reports/baseline/boosting.json" in shown
+    page = (project / "reports/index.html").read_text()
+    assert 'svc</strong> <span class="muted">(baseline)</span>' in page
 
 
 def test_repro_writes_every_declared_output(project: Path):
@@ -111,6 +163,11 @@ def test_each_stage_records_where_its_time_went(project: Path):
     client = mlflow_client(project)
     stages = ["ingest", "validate", "gan", "report"]
     stages += [f"{stage}_{name}" for stage in ("train", "compress", "evaluate") for name in MODELS]
+    baseline = read(project / "reports/timing/baseline.json")
+    assert baseline["seconds"]["compute"] > 0 and baseline["mlflow_imported"] is True
+    for name in ("svc", "boosting"):  # each baseline's lineage run holds the stage's split
+        run_ = client.get_run(baseline_run(project, name).info.run_id)
+        assert run_.data.metrics["timing.baseline.compute_s"] == baseline["seconds"]["compute"]
     for stage in stages:
         figures = read(project / f"reports/timing/{stage}.json")
         seconds = figures["seconds"]
@@ -137,7 +194,8 @@ def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
 
     runs = lineage_runs(project)
-    assert sorted(run.info.run_name for run in runs.values()) == ["cnn", "fnn", "gan", "lstm"]
+    names = ["boosting", "cnn", "fnn", "gan", "lstm", "svc"]
+    assert sorted(run.info.run_name for run in runs.values()) == names
     x_test = np.load(project / "data/prepared/test.npz")["x"][:16]
     head = project.resolve().as_posix()
     for name in MODELS:
@@ -360,7 +418,8 @@ def test_report_page_is_self_contained_and_renders(project: Path):
         page.wait_for_load_state("load")
         assert all(url.startswith(("file:", "data:")) for url in requested), requested
         tables = page.locator("#compare table")  # quality, then size and speed
-        assert [tables.nth(i).locator("tbody tr").count() for i in range(2)] == [3, 3]
+        # The quality table adds a row per baseline.
+        assert [tables.nth(i).locator("tbody tr").count() for i in range(2)] == [5, 3]
         broken = page.evaluate(
             "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length"
         )
@@ -512,7 +571,8 @@ def test_an_evaluate_param_change_reruns_only_what_depends_on_it(project: Path):
         (project / "params.yaml").write_text(original)
     assert result.returncode == 0, result.stderr[-2000:]
     ran = re.findall(r"^Running stage '([^']+)'", result.stdout, flags=re.M)
-    assert sorted(ran) == ["evaluate@cnn", "evaluate@fnn", "evaluate@lstm", "report"]
+    # The baselines are measured with evaluate's calibration bins too.
+    assert sorted(ran) == ["baseline", "evaluate@cnn", "evaluate@fnn", "evaluate@lstm", "report"]
 
 
 def test_forced_retraining_reproduces_the_weights_and_leaves_later_stages_up_to_date(
@@ -528,7 +588,7 @@ def test_forced_retraining_reproduces_the_weights_and_leaves_later_stages_up_to_
     assert before == after
     assert {n: file_digest(project / f"models/{n}/model.keras") for n in retrained} == models
     runs = lineage_runs(project)
-    assert len(runs) == 6  # each training is a run of its own
+    assert len(runs) == 8  # each training is a run of its own (with gan and two baselines)
     for name in retrained:
         # The new run proves the reproduction; the first run of those bytes stays the lineage.
         (new,) = [r for r in runs.values() if r.data.tags.get("reproduces") == lineages[name]]
@@ -600,6 +660,11 @@ def test_first_promotion_blesses_every_family(project: Path):
         assert decision["decision"] == "champion" and decision["version"] == "1", decision
         assert decision["registered_model"] == f"digits-{name}"
         assert any("no champion yet" in reason for reason in decision["reasons"])
+        # Loaded from the registry and from the compress run's int8 file, in a fresh process.
+        infra = decision["infra_validation"]
+        assert infra["passed"] and infra["model_uri"] == f"models:/digits-{name}/1", infra
+        assert infra["tflite_artifact"].endswith(f"/compress/{name}/int8.tflite")
+        assert infra["served_max_difference"] <= 1e-4 and infra["int8_agreement"] >= 0.95
         lineage = lineage_id(project, name)
         assert client.get_model_version_by_alias(f"digits-{name}", "champion").run_id == lineage
         (child,) = stage_runs(project, lineage, "promote")

@@ -3,28 +3,39 @@ SQLite stores (runs with real logged tf_keras models)."""
 
 from __future__ import annotations
 
+import itertools
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.core.outputs import Check
-from pipeline.core.params import PromoteParams
+from pipeline.core.params import BaselineParams, PromoteParams
 from pipeline.tools.promote import (
     ACCURACY,
+    BASELINE_RULE,
     CHALLENGER,
     CHAMPION,
     LATENCY,
     ROBUST_ACCURACY,
     SIZE,
+    Baseline,
     Blessing,
+    best_baseline,
     bless,
     promote_family,
     validated,
 )
 
+# The rule against the classical baselines has tests of its own below.
 RULES = PromoteParams(
-    min_accuracy=0.9, min_robust_accuracy=0.3, max_model_bytes=1000, max_latency_ms=5.0
+    min_accuracy=0.9,
+    min_robust_accuracy=0.3,
+    max_model_bytes=1000,
+    max_latency_ms=5.0,
+    beat_baselines=False,
 )
 GOOD = {ACCURACY: 0.95, ROBUST_ACCURACY: 0.5, SIZE: 500.0, LATENCY: 1.0}
 
@@ -74,26 +85,59 @@ def test_only_validated_data_counts():
     assert "not the validated data" in validated({"success": True, "content_hash": "x"}, "abc")[0]
 
 
+SEEDS = itertools.count()  # each candidate its own weights (its own digest), reproducibly
+
+
 def candidate(
-    tmp_path: Path, family: str, accuracy: float, data_hash: str = "h", robust: float = 0.5
+    tmp_path: Path,
+    family: str,
+    accuracy: float,
+    data_hash: str = "h",
+    robust: float = 0.5,
+    log_served: Callable[[str, Path, np.ndarray], object] | None = None,
 ) -> str:
-    """A lineage run as the stages leave it: a logged model, evaluate metrics, and its tag of
-    the model file's digest."""
+    """A lineage run as the stages leave it: the train stage's logged classifier and the model
+    file's digest, evaluate's metrics, and a compress child run with the int8 TFLite file; and
+    the prepared test images that promote's canary batch reads. `log_served` logs another
+    model in place of the classifier."""
     import tf_keras as keras
 
     from pipeline.core import tracking
+    from pipeline.core.layout import compressed_dir
+    from pipeline.core.outputs import ModelInputs
     from pipeline.ml.artifacts import save_keras
+    from pipeline.ml.compression import to_tflite
 
+    test_split = tmp_path / "data" / "prepared" / "test.npz"
+    images = np.random.default_rng(0).random((20, 8, 8, 1), dtype=np.float32)
+    if not test_split.is_file():
+        test_split.parent.mkdir(parents=True)
+        np.savez(test_split, x=images, y=np.arange(20) % 10)
+    keras.utils.set_random_seed(next(SEEDS))
     inputs = keras.Input((8, 8, 1))
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(inputs))
     model = keras.Model(inputs, outputs)
     folder = tmp_path / "models" / family
     folder.mkdir(parents=True, exist_ok=True)
     save_keras(model, folder / "model.keras")
+    names = [str(c) for c in range(10)]
+    ModelInputs(image_shape=(8, 8, 1), image_size=None, class_names=names, source="digits").write(
+        folder / "inputs.json"
+    )
+    int8 = tmp_path / compressed_dir(family) / "int8.tflite"
+    int8.parent.mkdir(parents=True, exist_ok=True)
+    int8.write_bytes(to_tflite(model, "int8", images))
     with tracking.lineage_run("digits", family, {"data_hash": data_hash}) as run_id:
-        tracking.log_keras_model(run_id, model, np.zeros((2, 8, 8, 1), np.float32))
+        if log_served is None:
+            tracking.log_classifier(
+                run_id, folder / "model.keras", folder / "inputs.json", images[:2]
+            )
+        else:
+            log_served(run_id, folder, images[:2])
         tracking.log_metrics(run_id, {**GOOD, ACCURACY: accuracy, ROBUST_ACCURACY: robust})
         tracking.record_model(run_id, folder / "model.keras")
+    with tracking.stage_run(run_id, "compress", {"model_family": family}) as child:
+        tracking.log_artifacts(child, [int8.parent], "compress")
     return run_id
 
 
@@ -217,3 +261,156 @@ def test_a_card_of_another_model_is_not_set_as_the_description(tmp_path, monkeyp
     assert not version.description
     assert MlflowClient(uri).list_artifacts(run_id, "model_card") == []
     assert "reports/model_cards/cnn.md describes another model" in capsys.readouterr().out
+
+
+def test_a_blessed_candidate_is_infra_validated_in_a_fresh_process_before_it_is_champion(
+    tmp_path, monkeypatch
+):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("PIPELINE_PLANTED", "inherited")  # what the fresh process must not see
+    run_id = candidate(tmp_path, "cnn", 0.95)
+    decision = promote_family("cnn", "digits", RULES, {"success": True, "content_hash": "h"})
+    infra = decision.infra_validation
+    assert decision.decision == CHAMPION and infra is not None and infra.passed
+    assert infra.model_uri == "models:/digits-cnn/1" and infra.canary_images == 20
+    assert infra.served_max_difference is not None and infra.served_max_difference <= 1e-4
+    assert infra.int8_agreement is not None and infra.int8_agreement >= 0.95
+    compress_run = infra.tflite_artifact.split("/")[1]
+    assert MlflowClient(uri).get_run(compress_run).data.tags["mlflow.parentRunId"] == run_id
+    assert infra.seconds["fresh_process"] >= infra.seconds["served_load_predict"] > 0
+    assert "PATH" in infra.environment and "PIPELINE_PLANTED" not in infra.environment
+    assert "MLFLOW_TRACKING_URI" not in infra.environment  # the store comes as an argument
+    assert MlflowClient(uri).get_model_version("digits-cnn", "1").tags["infra_validation"] == "True"
+
+
+def test_a_model_its_logged_environment_cannot_load_is_registered_only_as_challenger(
+    tmp_path, monkeypatch
+):
+    """The served model's class lives in a module only this process can import: the metrics
+    bless it, the fresh process cannot load it, so it never becomes champion."""
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    here_only = tmp_path / "here_only"
+    here_only.mkdir()
+    (here_only / "planted_model.py").write_text(
+        textwrap.dedent(
+            """
+            import mlflow.pyfunc
+
+            class Unshipped(mlflow.pyfunc.PythonModel):
+                def predict(self, context, model_input, params=None):
+                    return model_input
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(here_only))
+    import planted_model
+
+    def log_unshipped(run_id: str, folder: Path, example: np.ndarray) -> object:
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=planted_model.Unshipped(), pip_requirements=[]
+        )
+
+    candidate(tmp_path, "fnn", 0.99, log_served=log_unshipped)
+    decision = promote_family("fnn", "digits", RULES, {"success": True, "content_hash": "h"})
+    infra = decision.infra_validation
+    assert decision.decision == CHALLENGER and decision.version == "1"
+    assert all(check.met for check in decision.checks.values())  # only the loading refused it
+    assert infra is not None and not infra.passed and infra.served_max_difference is None
+    assert infra.int8_agreement is not None  # the TFLite file still loaded and answered
+    assert infra.reasons == [
+        "the registered model did not load or answer: "
+        "ModuleNotFoundError: No module named 'planted_model'"
+    ]
+    assert infra.reasons[0] in decision.reasons
+    client = MlflowClient(uri)
+    assert str(client.get_model_version_by_alias("digits-fnn", CHALLENGER).version) == "1"
+    assert client.get_model_version("digits-fnn", "1").tags["infra_validation"] == "False"
+    with pytest.raises(Exception, match="alias champion not found|not found"):
+        client.get_model_version_by_alias("digits-fnn", CHAMPION)
+
+
+def test_the_canary_judge_refuses_a_served_model_or_int8_file_that_answers_differently():
+    from pipeline.ml.infra_validation import judge
+
+    reference = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    same = {"served_probabilities": reference.tolist(), "tflite_labels": [0, 1, 0, 1]}
+    difference, agreement, failures = judge(reference, same, RULES)
+    assert (difference, agreement, failures) == (0.0, 1.0, [])
+    drifted = {**same, "served_probabilities": (reference + 0.01).tolist()}
+    assert judge(reference, drifted, RULES)[2] == [
+        "served probabilities differ from the Keras model's by up to 0.01 (> 0.0001)"
+    ]
+    flipped = {**same, "tflite_labels": [0, 1, 1, 1]}  # 3 of 4 agree, below 0.95
+    assert judge(reference, flipped, RULES)[1:] == (
+        0.75,
+        ["int8 labels agree with the Keras model's on 0.750 of the canary images (< 0.95)"],
+    )
+    missing = {**same, "tflite_labels": None}
+    assert judge(reference, missing, RULES)[2] == [
+        "no int8 TFLite file in the lineage (run the compress stage)"
+    ]
+    crashed = {"error": "exited 1: Segmentation fault"}
+    assert judge(reference, crashed, RULES) == (
+        None,
+        None,
+        ["the fresh process failed: exited 1: Segmentation fault"],
+    )
+
+
+def test_a_family_behind_the_best_baseline_is_refused_with_the_baselines_name():
+    rules = RULES.model_copy(update={"beat_baselines": True})
+    behind = bless({**GOOD, ACCURACY: 0.9917}, None, rules, Baseline("svc", 0.9944))
+    assert not behind.blessed
+    assert failed(behind) == [
+        "accuracy_vs_best_baseline 0.9917 fails >= 0.9944 (the svc baseline's test accuracy)"
+    ]
+    ahead = bless({**GOOD, ACCURACY: 0.9972}, None, rules, Baseline("svc", 0.9944))
+    assert ahead.blessed and ahead.checks[BASELINE_RULE] == Check(
+        value=0.9972, bound=0.9944, met=True
+    )
+    assert "meets >= 0.9944 (the svc baseline" in ahead.reasons[BASELINE_RULE]
+    unmeasured = bless(GOOD, None, rules, None)
+    assert not unmeasured.blessed
+    assert failed(unmeasured) == [
+        "accuracy_vs_best_baseline: no baseline measured in reports/baseline "
+        "(run the baseline stage)"
+    ]
+    assert bless(GOOD, None, RULES, None).blessed  # beat_baselines: false turns the rule off
+
+
+def test_the_best_baseline_is_read_from_the_baseline_stages_reports(tmp_path, monkeypatch):
+    from pipeline.core.layout import baseline_report
+    from pipeline.core.params import DataParams, EvaluateParams
+    from pipeline.data.prepared import prepare
+    from pipeline.ml.baselines import fit_baseline, measure_baseline
+
+    monkeypatch.chdir(tmp_path)
+    assert best_baseline() is None
+    digits = prepare(DataParams(), seed=42)
+    grid = BaselineParams.model_validate({"svc": {"C": [10.0]}, "boosting": {"max_iter": 10}})
+    measured = {}
+    for name in ("svc", "boosting"):
+        model, chosen, points = fit_baseline(name, digits.splits, grid, seed=42)
+        report = measure_baseline(
+            name,
+            model,
+            chosen,
+            points,
+            digits.splits,
+            digits.class_names,
+            EvaluateParams(max_images=50),
+            seed=42,
+        )
+        report.write(baseline_report(name))
+        measured[name] = report.test_accuracy
+    assert measured["svc"] > measured["boosting"]
+    assert best_baseline() == Baseline("svc", measured["svc"])

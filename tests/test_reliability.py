@@ -26,7 +26,15 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.e2e import TINY_TRAIN, commit, copy_project, run, update_params, weight_digest
+from tests.e2e import (
+    TINY_BASELINE,
+    TINY_TRAIN,
+    commit,
+    copy_project,
+    run,
+    update_params,
+    weight_digest,
+)
 
 pytestmark = pytest.mark.slow
 MODELS = ("fnn", "cnn", "lstm")
@@ -97,7 +105,7 @@ def project(tmp_path_factory) -> Iterator[Path]:
         for key, value in SECRETS.items():
             patch.setenv(key, value)
         root = copy_project(tmp_path_factory.mktemp("reliability"))
-        update_params(root, {"train": TINY_TRAIN})
+        update_params(root, {"train": TINY_TRAIN, "baseline": TINY_BASELINE})
         commit(root, "tiny params")
         result = sh(root, "dvc", "repro", "train")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.e2e import (
+    TINY_BASELINE,
     TINY_COMPRESS,
     TINY_EVALUATE,
     TINY_TRAIN,
@@ -158,7 +159,8 @@ def read(path: Path) -> dict:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = copy_project(tmp_path / "project")
-    update_params(root, {"train": TINY_TRAIN, "compress": TINY_COMPRESS, "evaluate": TINY_EVALUATE})
+    tiny = {"train": TINY_TRAIN, "compress": TINY_COMPRESS, "evaluate": TINY_EVALUATE}
+    update_params(root, {**tiny, "baseline": TINY_BASELINE})
     commit(root, "tiny params")
     # `make tracking-server` in the copy uses this checkout's environment.
     (root / ".venv").symlink_to(REPO / ".venv")

@@ -31,6 +31,11 @@ INPUTS_FILE = "inputs.json"  # the model's input shape, preprocessing and class 
 TRAIN_REPORTS = Path("reports/train")
 CHECKPOINTS = Path(".checkpoints")  # interrupted trainings, kept until a rerun completes them
 
+# baseline -> models/baseline/<name>.pkl, reports/baseline/<name>.json
+BASELINE_NAMES: Final = ("svc", "boosting")  # scikit-learn's classical models, one stage
+BASELINE_DIR = MODELS_DIR / "baseline"
+BASELINE_REPORTS = Path("reports/baseline")
+
 # gan -> models/gan/, reports/gan/metrics.json
 GAN_DIR = MODELS_DIR / "gan"
 GENERATOR_FILE = "generator.keras"
@@ -94,6 +99,19 @@ def evaluate_dir(name: str) -> Path:
     return EVALUATE_REPORTS / name
 
 
+def tflite_artifact(name: str, variant: str) -> str:
+    """Where compress logs a variant's .tflite file in its MLflow run."""
+    return f"compress/{compressed_dir(name).name}/{variant}.tflite"
+
+
+def baseline_model(name: str) -> Path:
+    return BASELINE_DIR / f"{name}.pkl"
+
+
+def baseline_report(name: str) -> Path:
+    return BASELINE_REPORTS / f"{name}.json"
+
+
 def model_card_file(name: str) -> Path:
     return MODEL_CARDS_DIR / f"{name}.md"
 
@@ -110,6 +128,7 @@ def stage_outputs(stage: str, name: str | None = None) -> list[Path]:
         "ingest": [PREPARED_DIR],
         "validate": [VALIDATION_RESULTS, VALIDATION_SUMMARY, DATA_DOCS],
         "gan": [GAN_DIR, GAN_METRICS],
+        "baseline": [BASELINE_DIR, *(baseline_report(b) for b in BASELINE_NAMES)],
         "report": [REPORT_PAGE, MODEL_CARDS_DIR],
     }
     if name is not None:

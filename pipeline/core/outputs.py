@@ -242,6 +242,26 @@ class TransferredAttacks(Output):
     pgd: Curve
 
 
+class BaselineReport(Output):
+    """reports/baseline/<name>.json: a classical model on the same split, measured where the
+    deep models' measures carry over (no gradient attacks: it has no gradients to follow)."""
+
+    made_by: ClassVar[str] = "the baseline stage (`dvc repro baseline`)"
+    description: str
+    chosen: dict[str, int | float | str]  # the hyper-parameters the validation split chose
+    grid: list[dict[str, int | float | str]]  # every point tried, with its validation accuracy
+    validation_accuracy: float
+    test_accuracy: float
+    test_images: int
+    sweep_images: int  # of them, the corruption sweep's (evaluate.max_images)
+    clean: Clean
+    corruptions: Curves
+
+    @property
+    def corruption_accuracy_mean(self) -> float:
+        return mean_accuracy(self.corruptions)
+
+
 class VariantEvaluation(Output):
     accuracy: float
     corruptions: Curves
@@ -325,6 +345,22 @@ class RegistryVersion(Output):
     run_id: str
 
 
+class InfraValidation(Output):
+    """A candidate loaded the way it will be used, in a fresh process with a clean environment:
+    the registered model through MLflow's pyfunc loader and the lineage's int8 TFLite file
+    through LiteRT, each answering the same canary images as the Keras model evaluate scored."""
+
+    passed: bool
+    canary_images: int
+    model_uri: str
+    tflite_artifact: str | None
+    served_max_difference: float | None  # largest |served probability - Keras probability|
+    int8_agreement: float | None  # the int8 labels equal to the Keras model's, as a fraction
+    seconds: dict[str, float]  # load and predict times in the fresh process, and its whole run
+    environment: list[str]  # the variables' names the fresh process saw (the package sets some)
+    reasons: list[str]
+
+
 class Decision(Output):
     """One family's promotion decision: `champion`, `challenger` or `rejected`, with every
     check the candidate faced and the reasons in words."""
@@ -335,6 +371,7 @@ class Decision(Output):
     version: str | None
     previous_champion: RegistryVersion | None = None
     checks: Checks = Field(default_factory=dict)
+    infra_validation: InfraValidation | None = None  # run only on a candidate the checks bless
     reasons: list[str]
 
 

@@ -287,6 +287,35 @@ class EvaluateParams(Strict):
         return self
 
 
+Gamma = Literal["scale"] | Annotated[float, Field(gt=0)]
+DEFAULT_GAMMAS: tuple[Gamma, ...] = ("scale", 0.01, 0.001)
+
+
+class SvcParams(Strict):
+    """An RBF support-vector classifier; C and gamma chosen on the validation split."""
+
+    C: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1.0, 10.0, 100.0], min_length=1
+    )
+    # "scale" is scikit-learn's 1 / (features · variance of the pixels)
+    gamma: list[Gamma] = Field(default_factory=lambda: list(DEFAULT_GAMMAS), min_length=1)
+
+
+class BoostingParams(Strict):
+    """scikit-learn's histogram gradient boosting, a fixed number of rounds, no early stop."""
+
+    max_iter: int = Field(200, ge=1, le=10_000)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    max_leaf_nodes: int = Field(31, ge=2)
+
+
+class BaselineParams(Strict):
+    """Classical models on the same prepared split: the bar a deep model must clear."""
+
+    svc: SvcParams = SvcParams()
+    boosting: BoostingParams = BoostingParams()
+
+
 class PromoteParams(Strict):
     """Blessing, as TFX's Evaluator does it: a candidate becomes `champion` only if it meets
     every absolute threshold and falls no more than `tolerance` below the current champion."""
@@ -297,6 +326,16 @@ class PromoteParams(Strict):
     max_model_bytes: int = Field(20_000_000, ge=1)  # the saved Keras model, as served
     max_latency_ms: float = Field(25.0, gt=0)  # single image, Keras under tf.function
     tolerance: float = Field(0.005, ge=0, le=1)  # allowed drop below the champion
+    # A family must reach the best baseline's test accuracy (reports/baseline/<name>.json).
+    beat_baselines: bool = True
+    # Infra validation: the registered model and its int8 TFLite file, each loaded in a fresh
+    # process with a clean environment, answer this many test images ...
+    canary_images: int = Field(64, ge=1)
+    # ... the served probabilities within this of the Keras model's (float32 round-off) ...
+    max_served_difference: float = Field(1e-4, gt=0, le=1)
+    # ... and the int8 model's labels the Keras model's on at least this fraction of them.
+    min_int8_agreement: float = Field(0.95, ge=0, le=1)
+    canary_timeout_s: int = Field(600, ge=10)  # the fresh process's whole run
 
 
 class CompressTargets(Strict):
@@ -355,6 +394,7 @@ class Params(Strict):
     gan: GanParams = GanParams()
     compress: CompressParams = CompressParams()
     evaluate: EvaluateParams = EvaluateParams()
+    baseline: BaselineParams = BaselineParams()
     promote: PromoteParams = PromoteParams()
     targets: TargetParams = TargetParams()
     mlflow: TrackingParams = TrackingParams()

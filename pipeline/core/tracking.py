@@ -442,6 +442,27 @@ def log_keras_model(run_id: str, model: Any, input_example: Any, name: str = "mo
     return info.model_uri
 
 
+def log_sklearn_model(run_id: str, model: Any, input_example: Any, name: str = "model") -> str:
+    """Log a scikit-learn classifier with its signature (feature vectors in, each class's
+    probability out) into run `run_id`; return its model URI."""
+    import mlflow.sklearn
+    import skops.io
+    from mlflow.models import infer_signature
+
+    require_active(run_id)
+    info = mlflow.sklearn.log_model(
+        model,
+        name=name,
+        # skops: a format that loads without running code; the types named are the model's own
+        skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
+        signature=infer_signature(input_example, model.predict_proba(input_example)),
+        input_example=input_example,
+        pyfunc_predict_fn="predict_proba",
+        pip_requirements=[f"scikit-learn=={version('scikit-learn')}", f"skops=={version('skops')}"],
+    )
+    return info.model_uri
+
+
 class NamedClassifier(PythonModel):
     """A trained classifier as MLflow serves it: images (N×H×W×C floats in [0, 1]) in, a table
     out with the predicted class's name and every class's probability under its name."""
@@ -577,18 +598,34 @@ def load_registered(name: str, alias: str) -> Any:
     return served.model
 
 
-def register_version(name: str, run_id: str, tags: Mapping[str, Any]) -> str:
+def register_version(name: str, run_id: str) -> str:
     """The run's model as a version of registered model `name` (reused if already there)."""
     client = MlflowClient(tracking_uri())
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
-        number = str(existing[0].version)
-    else:
-        mlflow.set_tracking_uri(tracking_uri())
-        number = str(mlflow.register_model(logged_model_uri(run_id), name).version)
+        return str(existing[0].version)
+    mlflow.set_tracking_uri(tracking_uri())
+    return str(mlflow.register_model(logged_model_uri(run_id), name).version)
+
+
+def tag_version(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    client = MlflowClient(tracking_uri())
     for key, value in tags.items():
-        client.set_model_version_tag(name, number, key, str(value))
-    return number
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def latest_stage_run(lineage_run_id: str, stage: str) -> str | None:
+    """The newest finished child run of `stage` under a lineage run, or None."""
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_run(lineage_run_id).info.experiment_id
+    found = client.search_runs(
+        [experiment],
+        f"tags.`mlflow.parentRunId` = '{lineage_run_id}' and tags.dvc_stage = '{stage}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(found[0].info.run_id) if found else None
 
 
 DESCRIPTION_LIMIT = 5000  # characters MLflow's registry keeps in a version's description

@@ -21,6 +21,7 @@ from pipeline.core.cli import PipelineError, run_stage
 from pipeline.core.io import atomic_path, file_digest, read_json, write_text
 from pipeline.core.model_card import CardSources, ModelCard, card_markdown, model_card
 from pipeline.core.outputs import (
+    BaselineReport,
     CompressReport,
     EvaluateReport,
     EvaluateSpeed,
@@ -178,6 +179,20 @@ def model_row(name: str) -> dict[str, Any]:
     }
 
 
+def baseline_row(name: str) -> dict[str, Any]:
+    """The Quality table's row for a classical baseline: the measures that carry over."""
+    report = BaselineReport.read(layout.baseline_report(name))
+    chosen = ", ".join(f"{k} {v}" for k, v in report.chosen.items())
+    return {
+        "name": name,
+        "description": f"{report.description}: {chosen}",
+        "accuracy": report.clean.accuracy,
+        "macro_f1": report.clean.macro_f1,
+        "ece": report.clean.ece,
+        "corruption_accuracy": report.corruption_accuracy_mean,
+    }
+
+
 def latest_sample_grid(folder: Path) -> tuple[str, str]:
     grids = sorted(folder.glob("epoch_*.png"))
     if not grids:
@@ -194,6 +209,7 @@ def context(params: Params) -> dict[str, Any]:
         "title": f"Model report: {params.experiment_name}",
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": [model_row(name) for name in layout.MODEL_NAMES],
+        "baselines": [baseline_row(name) for name in layout.BASELINE_NAMES],
         "cards": [card_for(name, params, manifest, validation, git) for name in layout.MODEL_NAMES],
         "learning_curves": learning_curves_png(
             {name: history(layout.history_file(name)) for name in layout.MODEL_NAMES}

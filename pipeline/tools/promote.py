@@ -2,29 +2,39 @@
 
 Run after `dvc repro`. The candidate is the model in models/<family>/ (its lineage run). It
 becomes the registered model's `champion` only if it meets every absolute threshold in
-`promote` params and falls no more than `tolerance` below the current champion; otherwise it is
-registered as the `challenger`. Data that failed validation promotes nothing. The decisions and
-every reason go to reports/promotion.json and to a `promote` child run of each lineage.
+`promote` params, falls no more than `tolerance` below the current champion, and passes infra
+validation (`pipeline.ml.infra_validation`: loaded in a fresh process through the registry and
+through LiteRT, it answers as evaluate's model); otherwise it is registered as the
+`challenger`. Data that failed validation promotes nothing. The decisions and every reason go
+to reports/promotion.json and to a `promote` child run of each lineage.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from pipeline.core import tracking
 from pipeline.core.cli import PipelineError, run_stage, stage_args
 from pipeline.core.io import file_digest, read_json
 from pipeline.core.layout import (
+    BASELINE_NAMES,
+    BASELINE_REPORTS,
     MANIFEST,
     PREPARED_DIR,
     PROMOTION,
     REJECTED_DIR,
+    SPLIT_FILE,
     VALIDATION_RESULTS,
+    baseline_report,
     model_card_file,
     model_file,
 )
 from pipeline.core.outputs import (
+    BaselineReport,
     Check,
     Checks,
     Decision,
@@ -33,7 +43,9 @@ from pipeline.core.outputs import (
     RegistryVersion,
 )
 from pipeline.core.params import PromoteParams, flatten, load_params
+from pipeline.data.sources import read_npz
 from pipeline.data.validation_results import read_results
+from pipeline.ml.infra_validation import validate_infra
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Lineage-run metrics the thresholds read (the same names for every family).
@@ -59,11 +71,33 @@ def check(name: str, value: float | None, bound: float, at_least: bool) -> tuple
     return made, f"{name} {value:.6g} {'meets' if made.met else 'fails'} {relation} {bound:.6g}"
 
 
+BASELINE_RULE = "accuracy_vs_best_baseline"
+
+
+class Baseline(NamedTuple):
+    name: str
+    test_accuracy: float
+
+
+def best_baseline() -> Baseline | None:
+    """The most accurate baseline on the test split, or None when none has been measured."""
+    measured = []
+    for name in BASELINE_NAMES:
+        with contextlib.suppress(PipelineError):
+            measured.append(
+                Baseline(name, BaselineReport.read(baseline_report(name)).test_accuracy)
+            )
+    return max(measured, key=lambda b: b.test_accuracy, default=None)
+
+
 def bless(
-    candidate: dict[str, float], champion: dict[str, float] | None, p: PromoteParams
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    p: PromoteParams,
+    baseline: Baseline | None = None,
 ) -> Blessing:
-    """Absolute thresholds, then no regression beyond `tolerance` against the champion's own
-    metrics (when there is one)."""
+    """Absolute thresholds, the best baseline's test accuracy (when `beat_baselines`), then no
+    regression beyond `tolerance` against the champion's own metrics (when there is one)."""
     rules = [
         ("accuracy", candidate.get(ACCURACY), p.min_accuracy, True),
         ("robust_accuracy", candidate.get(ROBUST_ACCURACY), p.min_robust_accuracy, True),
@@ -75,9 +109,19 @@ def bless(
             if key in champion:
                 bound = champion[key] - p.tolerance
                 rules.append((f"{name}_vs_champion", candidate.get(key), bound, True))
+    if p.beat_baselines and baseline is not None:
+        bound = baseline.test_accuracy
+        rules.append((BASELINE_RULE, candidate.get(ACCURACY), bound, True))
     outcomes = {name: check(name, value, bound, up) for name, value, bound, up in rules}
     checks = {name: made for name, (made, _) in outcomes.items()}
     reasons = {name: words for name, (_, words) in outcomes.items()}
+    if p.beat_baselines and baseline is None:  # nothing measured to beat is no pass
+        checks[BASELINE_RULE] = Check(value=candidate.get(ACCURACY), bound=1.0, met=False)
+        reasons[BASELINE_RULE] = (
+            f"{BASELINE_RULE}: no baseline measured in {BASELINE_REPORTS} (run the baseline stage)"
+        )
+    elif baseline is not None and BASELINE_RULE in reasons:
+        reasons[BASELINE_RULE] += f" (the {baseline.name} baseline's test accuracy)"
     return Blessing(all(c.met for c in checks.values()), checks, reasons)
 
 
@@ -90,7 +134,13 @@ def validated(validation: dict[str, Any], data_hash: str | None) -> list[str]:
     return []
 
 
-def promote_family(family: str, experiment: str, p: PromoteParams, validation: dict) -> Decision:
+def promote_family(
+    family: str,
+    experiment: str,
+    p: PromoteParams,
+    validation: dict,
+    baseline: Baseline | None = None,
+) -> Decision:
     run_id = tracking.lineage_of(experiment, model_file(family))
     name = f"{experiment}-{family}"
     run = tracking.run_summary(run_id)
@@ -115,12 +165,20 @@ def promote_family(family: str, experiment: str, p: PromoteParams, validation: d
             reasons=["already the champion: nothing to compare"],
         )
     champion = tracking.run_summary(current.run_id)["metrics"] if current else None
-    blessed, checks, reasons = bless(run["metrics"], champion, p)
+    blessed, checks, reasons = bless(run["metrics"], champion, p, baseline)
+    version = tracking.register_version(name, run_id)
+    said = [reasons[n] for n, c in checks.items() if blessed or not c.met]
+    infra = None
+    if blessed:  # a candidate the thresholds refuse need not be loaded to be refused
+        images = canary_images(p.canary_images)
+        infra = validate_infra(family, f"models:/{name}/{version}", run_id, images, p)
+        said += infra.reasons
+        blessed = infra.passed
     alias = CHAMPION if blessed else CHALLENGER
-    version = tracking.register_version(name, run_id, {"decision": alias})
+    tags = {"decision": alias, **({"infra_validation": infra.passed} if infra else {})}
+    tracking.tag_version(name, version, tags)
     tracking.set_alias(name, alias, version)
     describe(name, version, run_id, family)
-    said = [reasons[n] for n, c in checks.items() if blessed or not c.met]
     if current is None and blessed:
         said.append("no champion yet: the first candidate that meets the thresholds")
     decision = Decision(
@@ -130,6 +188,7 @@ def promote_family(family: str, experiment: str, p: PromoteParams, validation: d
         version=version,
         previous_champion=current,
         checks=checks,
+        infra_validation=infra,
         reasons=said,
     )
     with tracking.stage_run(
@@ -166,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if stale:
         validation = {**validation, "success": False}
     tracking.require_store()
-    decisions = {family: promote_family(family, experiment, p, validation) for family in p.models}
+    baseline = best_baseline()
+    decisions = {
+        family: promote_family(family, experiment, p, validation, baseline) for family in p.models
+    }
     Promotion(thresholds=p.model_dump(), models=decisions).write(PROMOTION)
     for family, d in decisions.items():
         version = f" version {d.version}" if d.version else ""
@@ -182,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise PipelineError(
             f"{VALIDATION_RESULTS}: the prepared data failed validation; nothing promoted"
         )
+
+
+def canary_images(count: int) -> np.ndarray:
+    """The first `count` prepared test images."""
+    images, _ = read_npz(PREPARED_DIR / SPLIT_FILE.format(split="test"))
+    return np.asarray(images[:count], np.float32)
 
 
 def prepared_hash() -> str | None:
