@@ -115,14 +115,14 @@ def bless(
     outcomes = {name: check(name, value, bound, up) for name, value, bound, up in rules}
     checks = {name: made for name, (made, _) in outcomes.items()}
     reasons = {name: words for name, (_, words) in outcomes.items()}
-    if p.beat_baselines and baseline is None:  # nothing measured to beat is no pass
-        checks[BASELINE_RULE] = Check(value=candidate.get(ACCURACY), bound=1.0, met=False)
+    unmeasured = p.beat_baselines and baseline is None  # nothing measured to beat: no pass
+    if unmeasured:
         reasons[BASELINE_RULE] = (
             f"{BASELINE_RULE}: no baseline measured in {BASELINE_REPORTS} (run the baseline stage)"
         )
     elif baseline is not None and BASELINE_RULE in reasons:
         reasons[BASELINE_RULE] += f" (the {baseline.name} baseline's test accuracy)"
-    return Blessing(all(c.met for c in checks.values()), checks, reasons)
+    return Blessing(not unmeasured and all(c.met for c in checks.values()), checks, reasons)
 
 
 def validated(validation: dict[str, Any], data_hash: str | None) -> list[str]:
@@ -167,7 +167,9 @@ def promote_family(
     champion = tracking.run_summary(current.run_id)["metrics"] if current else None
     blessed, checks, reasons = bless(run["metrics"], champion, p, baseline)
     version = tracking.register_version(name, run_id)
-    said = [reasons[n] for n, c in checks.items() if blessed or not c.met]
+    # Every failed check's words, or all of them when blessed; a rule with no check (nothing
+    # measured to compare with) always says why.
+    said = [r for n, r in reasons.items() if n not in checks or blessed or not checks[n].met]
     infra = None
     if blessed:  # a candidate the thresholds refuse need not be loaded to be refused
         images = canary_images(p.canary_images)
