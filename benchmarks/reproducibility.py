@@ -46,6 +46,8 @@ def fingerprint(project: Path) -> dict[str, str]:
     ]
     digests = {}
     for name in metrics:
+        if not (project / name).exists():  # a stage the run did not reach
+            continue
         content = without_measurements(json.loads((project / name).read_text()))
         digests[name] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     keras_files = [

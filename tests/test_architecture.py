@@ -186,6 +186,28 @@ def test_the_deps_check_catches_a_module_missing_from_dvc_yaml(tmp_path: Path):
     assert uncovered("report", dvc_stages()["report"], copy) == ["report: pipeline/ml/planted.py"]
 
 
+def test_the_code_folders_stages_depend_on_hash_without_pythons_bytecode_caches():
+    """Whichever interpreter imports the code writes __pycache__ into these folders: were DVC to
+    hash it, a clone (which has none) or a tool run between stages would make every stage stale.
+    Asked of DVC itself, which reads .dvcignore."""
+    folders = sorted(
+        dep
+        for stage in dvc_stages().values()
+        for dep in entries(stage, "deps")
+        if dep.startswith("pipeline/") and (REPO / dep).is_dir()
+    )
+    assert folders, "no code folder among the deps"
+    caches = [f"{folder}/__pycache__/module.cpython-311.pyc" for folder in folders]
+    checked = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "check-ignore", *caches],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert sorted(checked.stdout.split()) == sorted(caches), checked.stderr[-2000:]
+
+
 def test_the_report_template_is_a_dep_of_report():
     template = layout.REPORT_TEMPLATE.relative_to(REPO)
     assert str(template) in entries(dvc_stages()["report"], "deps")

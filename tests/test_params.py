@@ -56,6 +56,7 @@ def test_unknown_section():
         (["train", "fnn", "activation"], "relu6", "train.fnn.activation"),
         (["data", "test_fraction"], 1.5, "data.test_fraction"),
         (["seed"], -1, "seed"),
+        (["reproducibility"], "exact", "reproducibility"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(path, value, expected):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.provenance import processor
 from tests.conftest import REPO
 from tests.e2e import (
     TINY_BASELINE,
@@ -83,6 +84,35 @@ def baseline_run(project: Path, name: str):
         [experiment.experiment_id], f"tags.baseline = 'true' and attributes.run_name = '{name}'"
     )
     return found
+
+
+GOLDEN = REPO / "tests/golden_digests.json"
+
+
+def golden_digests(project: Path) -> dict[str, str]:
+    """Each family's weights and the GAN's generator (the arrays, not the file, which holds a
+    save date), and every int8 TFLite file's bytes."""
+    from tests.e2e import weight_digest
+
+    keras_files = [*(f"models/{m}/model.keras" for m in MODELS), "models/gan/generator.keras"]
+    tflite_files = [f"models/compressed/{m}/int8.tflite" for m in MODELS]
+    return {
+        **{name: weight_digest(project / name) for name in keras_files},
+        **{name: file_digest(project / name) for name in tflite_files},
+    }
+
+
+def test_the_weights_are_the_golden_ones_on_any_machine(project: Path):
+    """The portability check for real: the tiny DAG's weights and int8 files, computed on this
+    machine in the default portable mode, equal the digests committed from another run (where
+    and on what processor: in the file). Runs first, before any test retrains a model."""
+    golden = read(GOLDEN)
+    computed = golden_digests(project)
+    differ = sorted(name for name in computed if computed[name] != golden["digests"].get(name))
+    assert not differ, (
+        f"{len(differ)} of {len(computed)} differ from those of {golden['machine']} ({differ}); "
+        f"this machine ({processor()}) computed {json.dumps(computed)}"
+    )
 
 
 def test_the_baselines_are_lineage_runs_whose_logged_models_score_what_they_report(
@@ -212,6 +242,12 @@ def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
         assert tags["data_hash"] == read(project / "data/prepared/manifest.json")["content_hash"]
         assert tags["dataset"] == "digits" and tags["git_dirty"] == "false"
         assert len(tags["git_commit"]) == 40
+        # The default mode, as the stage applied it: what produced these weights.
+        assert (tags["reproducibility"], tags["tf_threads"], tags["onednn_max_cpu_isa"]) == (
+            "portable",
+            "2",
+            "AVX2",
+        )
         history = mlflow_client(project).get_metric_history(run.info.run_id, "epoch/val_accuracy")
         assert len(history) == metrics["epochs_trained"]
         # The logged model predicts on a batch of images exactly like the saved one, with the

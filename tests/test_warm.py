@@ -100,7 +100,9 @@ def test_stages_without_tensorflow_run_in_the_calling_process(tmp_path: Path):
     assert unknown.returncode == 2 and unknown.stderr.startswith("usage: python -m pipeline")
 
 
-def test_the_child_takes_the_callers_directory_environment_limits_and_arguments(tmp_path: Path):
+def test_the_child_takes_the_callers_directory_environment_limits_cores_and_arguments(
+    tmp_path: Path,
+):
     _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     limit = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
     request = {
@@ -108,6 +110,7 @@ def test_the_child_takes_the_callers_directory_environment_limits_and_arguments(
         "cwd": str(tmp_path),
         "env": {"ONLY_IN_THE_CALLER": "yes", "PATH": os.environ["PATH"]},
         "limits": {"RLIMIT_FSIZE": (limit, hard)},
+        "affinity": [min(os.sched_getaffinity(0))],  # as under `taskset -c <one core>`
         "first_line": time.perf_counter() - 5.0,  # the caller started 5 s ago
         "startup": 0.25,
     }
@@ -120,6 +123,7 @@ def test_the_child_takes_the_callers_directory_environment_limits_and_arguments(
                 "cwd": os.getcwd(),
                 "env": dict(os.environ),
                 "fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[0],
+                "cores": sorted(os.sched_getaffinity(0)),
                 "argv": sys.argv[1:],
                 "imports": timing.StageTimer("x").seconds["imports"],
                 "startup": timing.startup(),
@@ -134,6 +138,7 @@ def test_the_child_takes_the_callers_directory_environment_limits_and_arguments(
     assert seen["cwd"] == str(tmp_path)
     assert seen["env"] == request["env"]
     assert seen["fsize"] == limit
+    assert seen["cores"] == request["affinity"]
     assert seen["argv"] == ["--model", "lstm"]
     assert seen["startup"] == 0.25
     assert 5.0 <= seen["imports"] < 60  # counted from the caller's first line, not the fork's

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.core import layout
 from pipeline.core.cli import PipelineError, first_line
+from pipeline.core.reproducibility import Mode
 
 MODEL_NAMES = layout.MODEL_NAMES  # the families, named once (pipeline.core.layout)
 ModelName = Literal["fnn", "cnn", "lstm"]
@@ -388,6 +389,7 @@ class CardParams(Strict):
 
 class Params(Strict):
     seed: int = Field(42, ge=0, le=2**31 - 1)
+    reproducibility: Mode = "portable"
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()

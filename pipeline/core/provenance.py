@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 PACKAGES = (
@@ -76,3 +78,16 @@ def dvc_inputs(stage: str) -> dict[str, Any]:
         return {"error": f"{type(error).__name__}: {error}"[:300]}
     text = json.dumps(inputs, sort_keys=True, default=str)
     return {"inputs": inputs, "digest": hashlib.md5(text.encode()).hexdigest()}
+
+
+def processor() -> dict[str, Any]:
+    """The machine's processor as Linux names it, its vector instruction sets and its cores:
+    what a result that differs between machines is traced back to."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):  # no /proc: not Linux
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
+    model, flags = fields.get("model name", "unknown processor"), fields.get("flags", "").split()
+    vectors = sorted({flag for flag in flags if flag.startswith(("avx", "amx"))})
+    return {"model": model, "instruction_sets": vectors, "cores": os.cpu_count()}

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from pipeline.core import reproducibility
 from pipeline.core.cli import stage_args
 from pipeline.core.layout import MODEL_NAMES
 from pipeline.core.params import Params, load_params
@@ -24,6 +25,7 @@ def start(
 ) -> StageStart:
     args = stage_args(stage, description, argv, MODEL_NAMES if per_family else ())
     params = load_params(args.params)  # bad params stop the stage here, in one line
+    reproducibility.apply(params.reproducibility)  # before the stage's first TensorFlow op
     name = args.model if per_family else stage
     return StageStart(params, name, StageTimer(f"{stage}@{name}" if per_family else stage))
 

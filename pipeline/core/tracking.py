@@ -29,6 +29,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from pipeline.core import reproducibility
 from pipeline.core.cli import PipelineError
 from pipeline.core.io import file_digest
 from pipeline.core.layout import PREPARED_DIR, SPLIT_FILE
@@ -276,7 +277,7 @@ def after_outputs(outputs: list[Path]) -> Iterator[None]:
 
 
 def _process_tags() -> dict[str, str]:
-    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), **reproducibility.tags()}
 
 
 def _alive(pid: int) -> bool:

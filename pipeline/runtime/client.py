@@ -5,7 +5,8 @@ TensorFlow, Keras, tfmot, MLflow and SQLAlchemy before its first line of work: m
 model takes to train. `python -m pipeline <stage>` hands such a stage to a warm server instead
 (`pipeline.runtime.server`), the way Bazel or Gradle keep a warm server for their builds: one
 process that imported those libraries once and forks a fresh child per stage. The child takes
-the caller's arguments, working directory, environment, standard streams and resource limits,
+the caller's arguments, working directory, environment, standard streams, resource limits and
+CPU affinity,
 and runs the stage's `main()` exactly as `python -m pipeline.stages.<stage>` would; the caller
 forwards signals to it and exits with its status. Should the caller die (even by SIGKILL), the
 child is killed with it.
@@ -107,6 +108,7 @@ def call(stage: str, argv: Sequence[str]) -> Call:
         "cwd": os.getcwd(),
         "env": dict(os.environ),
         "limits": {name: resource.getrlimit(getattr(resource, name)) for name in _LIMITS},
+        "affinity": sorted(os.sched_getaffinity(0)),
         # The child's time split counts from this process's start; waiting for a new server
         # to import its libraries is this stage's import time.
         "first_line": timing.first_line(),

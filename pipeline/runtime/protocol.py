@@ -67,6 +67,7 @@ class Call(TypedDict):
     cwd: str
     env: dict[str, str]
     limits: dict[str, tuple[int, int]]
+    affinity: list[int]  # the cores the caller may run on (`taskset`, a container's cpuset)
     first_line: float
     startup: float | None
 

@@ -314,13 +314,16 @@ def _child(connection: socket.socket, request: Call, fds: list[int]) -> None:
 
 
 def adopt(request: Call) -> None:
-    """Take the caller's directory, environment, resource limits, arguments and clock."""
+    """Take the caller's directory, environment, resource limits, CPU affinity, arguments and
+    clock."""
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     for name, (soft, hard) in request["limits"].items():
         with contextlib.suppress(ValueError, OSError):  # a limit above the server's own
             resource.setrlimit(getattr(resource, name), (soft, hard))
+    # Before any thread starts: every thread the stage starts inherits the caller's cores.
+    os.sched_setaffinity(0, request["affinity"])
     timing.restart(request["first_line"], request["startup"])
     sys.argv = [f"-m pipeline.stages.{request['stage']}", *request["argv"]]
 

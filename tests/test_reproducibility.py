@@ -1,0 +1,82 @@
+"""The reproducibility switch: what each mode fixes, checked in fresh processes where TensorFlow
+and oneDNN really read it (the weights it makes identical are the golden test's, in
+tests/test_pipeline_e2e.py, and benchmarks/portability.py's matrix)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipeline.core import reproducibility
+
+# A fresh interpreter that imports TensorFlow first, as a warm server does, then starts a stage the
+# way every stage starts (params loaded, the mode applied), then runs a convolution with oneDNN's
+# log on: the log names the instruction set oneDNN dispatched to.
+PROGRAM = textwrap.dedent(
+    """
+    import os, sys
+    import pipeline
+    import tensorflow as tf
+    from pipeline.core.stage import start
+    start("train", None, ["--params", sys.argv[1], "--model", "cnn"], per_family=True)
+    os.environ["ONEDNN_VERBOSE"] = "1"
+    x = tf.ones([1, 8, 8, 4])
+    tf.nn.conv2d(x, tf.ones([3, 3, 4, 8]), 1, "SAME")
+    print("threads", len(os.listdir("/proc/self/task")))
+    """
+)
+
+
+def run_stage_start(tmp_path, mode: str, caller_env: dict[str, str]) -> tuple[str, int]:
+    import yaml
+
+    from tests.conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["reproducibility"] = mode
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(tmp_path / "params.yaml")],
+        cwd=REPO,
+        env={**os.environ, **caller_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    isa = [line for line in done.stdout.splitlines() if ",info,cpu,isa:" in line]
+    threads = [line for line in done.stdout.splitlines() if line.startswith("threads ")]
+    assert isa and threads, done.stdout[-2000:]
+    return isa[0].split("isa:")[1], int(threads[0].split()[1])
+
+
+def test_portable_mode_replaces_the_callers_instruction_set_and_thread_pools(tmp_path):
+    """A caller's own cap (here one below AVX2, which every machine honours) and pool sizes
+    do not show through: the stage runs on AVX2 and two-thread pools all the same."""
+    caller = {
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "TF_NUM_INTRAOP_THREADS": "6",
+        "TF_NUM_INTEROP_THREADS": "6",
+    }
+    isa, threads = run_stage_start(tmp_path, "portable", caller)
+    assert "AVX2" in isa or "AVX 2" in isa, isa
+    fast_isa, fast_threads = run_stage_start(tmp_path, "fast", caller)
+    # fast leaves the process as its caller set it up: the cap and the larger pools apply.
+    assert "SSE4.1" in fast_isa, fast_isa
+    assert threads < fast_threads
+
+
+@pytest.mark.parametrize("mode", ["portable", "fast"])
+def test_the_mode_is_what_each_mlflow_run_records(mode: str, monkeypatch: pytest.MonkeyPatch):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("TF_NUM", "ONEDNN"))}
+    monkeypatch.setattr(os, "environ", environment)  # this process's TensorFlow is left alone
+    reproducibility.apply(mode)  # type: ignore[arg-type]
+    tags = reproducibility.tags()
+    assert tags["reproducibility"] == mode
+    expected = ("2", "AVX2") if mode == "portable" else ("default", "default")
+    assert (tags["tf_threads"], tags["onednn_max_cpu_isa"]) == expected
