@@ -1,8 +1,8 @@
 """The one place that decides what a stage's numbers may depend on besides code, data and params.
 
 TensorFlow promises deterministic kernels only on the same hardware. What changes the bits from
-one x86-64 machine to another is measured (README, "Results you can trust"): the size of
-TensorFlow's thread pools (Eigen and oneDNN split a reduction by the pool's size, not by the cores
+one x86-64 machine to another (measured by benchmarks/portability.py): the size of TensorFlow's
+thread pools (Eigen and oneDNN split a reduction by the pool's size, not by the cores
 that run it) and the instruction set oneDNN dispatches to at run time (AVX2, AVX-512, AMX). In
 `portable` mode both are fixed before the stage's first TensorFlow op; `fast` leaves TensorFlow's
 defaults (a pool as large as the machine, the widest instruction set).

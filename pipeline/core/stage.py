@@ -1,5 +1,6 @@
-"""What every stage's main() does first (parse its arguments, load and check params, start the
-clock of its time split) and how it opens its MLflow run."""
+"""What every stage's main() does first (parse its arguments, load and check params, fix the
+arithmetic's reproducibility mode, start the clock of its time split) and how it opens its MLflow
+run."""
 
 from __future__ import annotations
 
