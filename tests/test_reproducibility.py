@@ -13,13 +13,16 @@ import pytest
 
 from pipeline.core import reproducibility
 
-# A fresh interpreter that imports TensorFlow first, as a warm server does, then starts a stage the
-# way every stage starts (params loaded, the mode applied), then runs a convolution with oneDNN's
-# log on: the log names the instruction set oneDNN dispatched to.
+# A fresh interpreter that imports everything a warm server imports before it forks, then starts a
+# stage the way every stage starts (params loaded, the mode applied), then runs a convolution with
+# oneDNN's log on: the log names the instruction set oneDNN dispatched to.
 PROGRAM = textwrap.dedent(
     """
-    import os, sys
+    import importlib, os, sys
     import pipeline
+    from pipeline.runtime import server
+    for module in (*server.CORE, *server.LATER):
+        importlib.import_module(module)
     import tensorflow as tf
     from pipeline.core.stage import start
     start("train", None, ["--params", sys.argv[1], "--model", "cnn"], per_family=True)

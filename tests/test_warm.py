@@ -100,6 +100,7 @@ def test_stages_without_tensorflow_run_in_the_calling_process(tmp_path: Path):
     assert unknown.returncode == 2 and unknown.stderr.startswith("usage: python -m pipeline")
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: no narrower set to take")
 def test_the_child_takes_the_callers_directory_environment_limits_cores_and_arguments(
     tmp_path: Path,
 ):
@@ -142,6 +143,16 @@ def test_the_child_takes_the_callers_directory_environment_limits_cores_and_argu
     assert seen["argv"] == ["--model", "lstm"]
     assert seen["startup"] == 0.25
     assert 5.0 <= seen["imports"] < 60  # counted from the caller's first line, not the fork's
+
+
+def test_a_child_runs_only_on_cores_the_server_can_give_it_exactly():
+    """A caller in another cpuset may name cores this server cannot use: the call is refused
+    (and the stage runs cold, on the caller's cores) rather than run elsewhere or crash."""
+    own = os.sched_getaffinity(0)
+    assert warm_server.can_run_on(sorted(own))
+    assert not warm_server.can_run_on([max(own) + 4096])  # no such core here
+    assert not warm_server.can_run_on([])
+    assert os.sched_getaffinity(0) == own  # the server's own cores are left as they were
 
 
 def test_a_server_serves_only_the_code_and_environment_it_imported(

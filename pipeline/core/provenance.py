@@ -81,7 +81,8 @@ def dvc_inputs(stage: str) -> dict[str, Any]:
 
 
 def processor() -> dict[str, Any]:
-    """The machine's processor as Linux names it, its vector instruction sets and its cores:
+    """The machine's processor as Linux names it, its vector instruction sets and the cores this
+    process may run on:
     what a result that differs between machines is traced back to."""
     fields: dict[str, str] = {}
     with contextlib.suppress(OSError):  # no /proc: not Linux
@@ -90,4 +91,4 @@ def processor() -> dict[str, Any]:
             fields.setdefault(key.strip(), value.strip())  # the first processor's
     model, flags = fields.get("model name", "unknown processor"), fields.get("flags", "").split()
     vectors = sorted({flag for flag in flags if flag.startswith(("avx", "amx"))})
-    return {"model": model, "instruction_sets": vectors, "cores": os.cpu_count()}
+    return {"model": model, "instruction_sets": vectors, "cores": len(os.sched_getaffinity(0))}

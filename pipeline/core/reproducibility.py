@@ -53,9 +53,12 @@ def apply(mode: Mode) -> dict[str, str]:
 
 def tags() -> dict[str, str]:
     """What an MLflow run records of the mode that produced it: the mode, the pool size and the
-    instruction-set cap TensorFlow ran with ("default" where TensorFlow chose)."""
+    instruction-set cap TensorFlow ran with ("default" where TensorFlow chose), and whether
+    oneDNN ran at all (TF_ENABLE_ONEDNN_OPTS, read as TensorFlow loads: a caller's 0 swaps
+    oneDNN's kernels for Eigen's, which no mode can undo once TensorFlow is imported)."""
     return {
         "reproducibility": os.environ.get(MODE_VARIABLE, "not set"),
         "tf_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline.core import reproducibility
@@ -29,6 +30,13 @@ def start(
     reproducibility.apply(params.reproducibility)  # before the stage's first TensorFlow op
     name = args.model if per_family else stage
     return StageStart(params, name, StageTimer(f"{stage}@{name}" if per_family else stage))
+
+
+def apply_reproducibility(params_path: str | Path) -> None:
+    """For a tool that runs TensorFlow outside the DAG (predict, generate): the arithmetic of the
+    project's mode, or of the default mode where no params file is at hand."""
+    path = Path(params_path)
+    reproducibility.apply(load_params(path).reproducibility if path.exists() else "portable")
 
 
 def open_run(

@@ -261,12 +261,11 @@ def _accept(connection: socket.socket, closing: list[Closable], hazard: str | No
         connection.close()
         return None
     if hazard is not None:
-        for fd in fds:
-            os.close(fd)
         print(f"warm server: will not fork for {request['stage']}: {hazard}; retiring", flush=True)
-        with contextlib.suppress(OSError):
-            connection.sendall(line({"refused": hazard}))
-        connection.close()
+        _refuse(connection, fds, hazard)
+        return None
+    if not can_run_on(request["affinity"]):  # the caller then runs the stage cold, as it asked
+        _refuse(connection, fds, f"cannot run on the caller's cores {request['affinity']}")
         return None
     child = os.fork()
     if child == 0:
@@ -283,6 +282,28 @@ def _accept(connection: socket.socket, closing: list[Closable], hazard: str | No
     with contextlib.suppress(OSError):  # a caller gone already: its child follows it
         connection.sendall(line({"pid": child}))
     return child
+
+
+def _refuse(connection: socket.socket, fds: list[int], why: str) -> None:
+    for fd in fds:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        connection.sendall(line({"refused": why}))
+    connection.close()
+
+
+def can_run_on(cores: list[int]) -> bool:
+    """Whether a child may run on exactly `cores`: a caller in another container or cpuset can
+    name cores this server may not use (the kernel refuses them, or silently drops some). Tried
+    on the server's own thread, then undone."""
+    own = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cores)
+        return os.sched_getaffinity(0) == set(cores)
+    except OSError:
+        return False
+    finally:
+        os.sched_setaffinity(0, own)
 
 
 def _child(connection: socket.socket, request: Call, fds: list[int]) -> None:

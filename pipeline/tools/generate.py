@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.core import layout
 from pipeline.core.cli import PipelineError, run_stage, stage_parser
 from pipeline.core.io import atomic_path
+from pipeline.core.stage import apply_reproducibility
 from pipeline.data.sources import npz_bytes
 from pipeline.ml.figures import save_grid_png
 
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out.suffix != ".npz":
         raise PipelineError(f"--out must name an .npz file (got {args.out})")
 
+    apply_reproducibility(args.params)  # before TensorFlow's first op
     from pipeline.ml.artifacts import load_keras
     from pipeline.ml.gan import generate  # TensorFlow only once the arguments are sane
 

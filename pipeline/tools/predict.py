@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import layout, reproducibility, tracking
+from pipeline.core import layout, tracking
 from pipeline.core.cli import PipelineError, first_line, run_stage, stage_parser
 from pipeline.core.io import atomic_path
 from pipeline.core.outputs import ModelInputs
-from pipeline.core.params import MODEL_NAMES, load_params
+from pipeline.core.params import MODEL_NAMES
+from pipeline.core.stage import apply_reproducibility
 from pipeline.data.inputs import model_inputs
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise PipelineError("--tflite picks a local model's compressed variant, not --registered")
 
     # The arithmetic evaluate scored the model with: a label near a tie must come out the same.
-    reproducibility.apply(load_params(args.params).reproducibility)
+    apply_reproducibility(args.params)
     spec = model_spec(args.model, args.registered)
     names, x = model_inputs(args.path, spec)  # bad images fail before TensorFlow loads
     predict, described = load_predictor(args.model, args.registered, args.tflite)
