@@ -109,13 +109,13 @@ def test_the_weights_are_the_golden_ones_on_any_machine(project: Path):
     from importlib.metadata import version
 
     golden = read(GOLDEN)
+    computed = golden_digests(project)
     # The converter's and the kernels' versions change the bytes on every machine alike.
     installed = {package: version(package) for package in golden["versions"]}
     assert installed == golden["versions"], (
         f"the golden digests come from {golden['versions']}; with {installed} installed, "
-        "recompute them (this test's message on failure lists the new ones)"
+        f"recompute them: here they are {json.dumps(computed)}"
     )
-    computed = golden_digests(project)
     differ = sorted(name for name in computed if computed[name] != golden["digests"].get(name))
     assert not differ, (
         f"{len(differ)} of {len(computed)} differ from those of {golden['machine']} ({differ}); "
