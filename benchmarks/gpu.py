@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import layout
 from pipeline.core.io import write_json
 from pipeline.data.sources import load_digits
 from tests.conftest import REPO, write_idx
@@ -84,7 +85,7 @@ def main() -> None:
             raise SystemExit(f"gpu: dvc repro failed:\n{result.stderr[-3000:]}")
         print(result.stdout[-2000:])
         metrics = json.loads((project / "reports/train/cnn.json").read_text())
-        timing = json.loads((project / "reports/timing/train_cnn.json").read_text())
+        timing = json.loads((project / layout.timing_file("train@cnn")).read_text())
         with np.load(project / "data/prepared/train.npz") as train:
             examples = len(train["y"])
     compute = timing["seconds"]["compute"]

@@ -7,7 +7,7 @@ fresh copy of the project (no outputs, empty DVC cache, empty MLflow store):
 4. `benchmarks.floor`: plain Keras training and scoring of the same three classifiers.
 
 Each stage's split (start-up, imports, data, compute, logging, outputs) comes from its
-reports/timing/<stage>.json. Prints a table and writes reports/benchmarks.json.
+reports/measured/timing/<stage>.json. Prints a table and writes reports/benchmarks.json.
 
     python -m benchmarks.pipeline
 """
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.core import layout
 from pipeline.core.io import write_json
 from pipeline.core.timing import PHASES
 from tests.conftest import REPO
@@ -92,7 +93,7 @@ def stage_timings(project: Path) -> dict[str, dict[str, Any]]:
     return {
         figures["stage"]: figures
         for figures in (
-            json.loads(p.read_text()) for p in (project / "reports/timing").glob("*.json")
+            json.loads(p.read_text()) for p in (project / layout.TIMING_DIR).glob("*.json")
         )
     }
 

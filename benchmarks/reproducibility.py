@@ -1,7 +1,8 @@
 """`dvc repro --force` twice from the same commit, with the default params on the embedded
 digits: every metrics file and every set of model weights must come out identical. Measured
-values (latency, throughput, wall time) are left out of the comparison; the speed files hold
-nothing else. Prints a table and writes reports/benchmarks/reproducibility.json.
+values (latency, throughput, wall time) live in reports/measured/, outside these files; keys
+named after them are still left out, so that outputs of older commits compare too. Prints a
+table and writes reports/benchmarks/reproducibility.json.
 
     python -m benchmarks.reproducibility [--project CLONE]
 """

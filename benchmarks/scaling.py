@@ -1,7 +1,7 @@
 """How the whole DAG's cost grows with the data: `dvc repro` from empty outputs on MNIST-shaped
 data (28×28 grey, ten classes) that this benchmark writes at 1×, 4× and 16× a base size, with
 the default params unless --params names a file of overrides. Per stage, the seconds its
-reports/timing/<stage>.json holds; per stage, the slope of log(seconds) over log(images)
+reports/measured/timing/<stage>.json holds; per stage, the slope of log(seconds) over log(images)
 between the two largest sizes (where the budgets in params have been reached) and over all
 three. A slope above 1.1 means a stage grows faster than the data. Training stops early, so
 its epochs vary with the data: the seconds per epoch and their slope are printed beside it.
@@ -29,6 +29,7 @@ import yaml
 
 from benchmarks.repro import timed
 from benchmarks.same_results import machine
+from pipeline.core import layout
 from pipeline.core.io import atomic_path, write_json
 from pipeline.data.sources import load_mnist_5k, npz_bytes
 from tests.conftest import REPO
@@ -56,7 +57,7 @@ def mnist_shaped(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def stage_seconds(project: Path) -> dict[str, float]:
     return {
         path.stem: json.loads(path.read_text())["total_s"]
-        for path in sorted((project / "reports/timing").glob("*.json"))
+        for path in sorted((project / layout.TIMING_DIR).glob("*.json"))
     }
 
 

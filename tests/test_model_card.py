@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.core.model_card import CardSources, card_markdown, model_card
+from pipeline.core.model_card import CardSources, card_markdown, model_card, speed_section
 from pipeline.core.outputs import Check, CompressReport, EvaluateReport, TrainMetrics
 from pipeline.core.params import parse_params
 
@@ -74,7 +74,7 @@ def evaluated(accuracy: float = 0.9, classes: int = 3) -> EvaluateReport:
     )
 
 
-def variant(accuracy: float, gzip: int, latency: float, supported: bool = True) -> dict[str, Any]:
+def variant(accuracy: float, gzip: int, supported: bool = True) -> dict[str, Any]:
     if not supported:
         return {"supported": False, "description": "d", "reason": "RuntimeError: no"}
     return {
@@ -85,12 +85,10 @@ def variant(accuracy: float, gzip: int, latency: float, supported: bool = True) 
         "size_bytes": gzip * 2,
         "size_gzip_bytes": gzip,
         "dtypes": {"input": ["int8"]},
-        "speed": {"latency_ms_median": latency, "latency_ms_p95": latency, "throughput_per_s": 1.0},
     }
 
 
 def compressed(variants: dict[str, Any]) -> CompressReport:
-    speed = {"latency_ms_median": 1.0, "latency_ms_p95": 1.0, "throughput_per_s": 1.0}
     return CompressReport.model_validate(
         {
             "keras_float": {
@@ -98,7 +96,6 @@ def compressed(variants: dict[str, Any]) -> CompressReport:
                 "sparsity": 0.0,
                 "size_bytes": 100_000,
                 "size_gzip_bytes": 90_000,
-                "speed": {"keras_call": speed},
             },
             "variants": variants,
             "targets": {"int8_loss_points_vs_float_tflite": Check.at_most(2.0, 0.5, "int8")},
@@ -151,20 +148,19 @@ def sources(report: CompressReport, classes: int = 3, success: bool = True) -> C
         compressed=report,
         model_digest="d" * 64,
         dvc_inputs_digest="e" * 32,
-        git_commit="f" * 40,
-        git_dirty="true",
     )
+
+
+THREE_VARIANTS = {
+    "int8": variant(0.895, 20_000),  # within one point: the smallest of those
+    "pruned_int8": variant(0.85, 8_000),  # smaller, 5 points worse
+    "float32": variant(0.9, 80_000),
+    "qat_int8": variant(0.0, 0, supported=False),
+}
 
 
 def test_every_section_states_the_numbers_it_was_given():
-    report = compressed(
-        {
-            "int8": variant(0.895, 20_000, 0.02),  # within one point: the smallest of those
-            "pruned_int8": variant(0.85, 8_000, 0.005),  # smaller and faster, 5 points worse
-            "float32": variant(0.9, 80_000, 0.015),  # within one point: the fastest of those
-            "qat_int8": variant(0.0, 0, 0.0, supported=False),
-        }
-    )
+    report = compressed(THREE_VARIANTS)
     text = card_markdown(model_card(sources(report)))
     for expected in (
         "# Model card: cnn on folder",
@@ -185,19 +181,30 @@ def test_every_section_states_the_numbers_it_was_given():
         "The worst corruption measured is a 2-pixel shift (right and down) (0.200)",
         "For size, among the TFLite variants within 1 accuracy point of the Keras model (0.9000): "
         "`int8` (19.5 KiB gzipped",
-        "by the median single-image latency on the machine that ran compress: `float32` (0.0150 ms",
+        "For speed: latency is measured, so it differs from machine to machine",
         "Not available for this model: qat_int8.",
         "a 1-pixel shift (right and down) already drops accuracy from 0.900 to 0.500.",
         "Targets not met: int8_loss_points_vs_float_tflite.",
         "- Not for medical use.",
-        f"git commit `{'f' * 40}` (with uncommitted changes).",
+        "The git commit of the code is the lineage run's `git_commit` tag.",
         f"Model file sha256 `{'d' * 64}`",
     ):
         assert expected in text, expected
+    assert "ms" not in text.split() and "latency median" not in text  # a card holds no speed
+
+
+def test_the_speed_choice_is_the_fastest_measured_variant_within_one_point():
+    report = compressed(THREE_VARIANTS)
+    # pruned_int8 is the fastest, but 5 points worse; int8 was not measured here.
+    section = speed_section(report, {"pruned_int8": 0.005, "float32": 0.015, "qat_int8": 0.001})
+    assert section.startswith("## Speed, as measured on the machine that ran compress\n")
+    assert "by the median single-image latency: `float32` (0.0150 ms, accuracy 0.9000)." in section
+    assert "| float32 | 0.0150 |" in section and "pruned_int8" not in section
+    assert speed_section(report, {"pruned_int8": 0.005}) == ""  # nothing deployable measured
 
 
 def test_without_a_variant_close_enough_the_card_says_deploy_keras():
-    report = compressed({"int8": variant(0.5, 20_000, 0.02)})
+    report = compressed({"int8": variant(0.5, 20_000)})
     text = card_markdown(model_card(sources(report)))
     assert "No variant qualifies among the TFLite variants within 1 accuracy point" in text
     assert "deploy the Keras model." in text

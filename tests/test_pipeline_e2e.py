@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from tests.e2e import (
     run,
     server,
     update_params,
+    weight_digest,
 )
 
 pytestmark = pytest.mark.slow
@@ -92,8 +94,6 @@ GOLDEN = REPO / "tests/golden_digests.json"
 def golden_digests(project: Path) -> dict[str, str]:
     """Each family's weights and the GAN's generator (the arrays, not the file, which holds a
     save date), and every int8 TFLite file's bytes."""
-    from tests.e2e import weight_digest
-
     keras_files = [*(f"models/{m}/model.keras" for m in MODELS), "models/gan/generator.keras"]
     tflite_files = [f"models/compressed/{m}/int8.tflite" for m in MODELS]
     return {
@@ -197,17 +197,17 @@ def test_repro_writes_every_declared_output(project: Path):
 
 
 def test_each_stage_records_where_its_time_went(project: Path):
-    """reports/timing/<stage>.json for every stage; the model's lineage run holds the same."""
+    """reports/measured/timing/<stage>.json for every stage; the lineage run holds the same."""
     client = mlflow_client(project)
     stages = ["ingest", "validate", "gan", "report"]
     stages += [f"{stage}_{name}" for stage in ("train", "compress", "evaluate") for name in MODELS]
-    baseline = read(project / "reports/timing/baseline.json")
+    baseline = read(project / "reports/measured/timing/baseline.json")
     assert baseline["seconds"]["compute"] > 0 and baseline["mlflow_imported"] is True
     for name in ("svc", "boosting"):  # each baseline's lineage run holds the stage's split
         run_ = client.get_run(baseline_run(project, name).info.run_id)
         assert run_.data.metrics["timing.baseline.compute_s"] == baseline["seconds"]["compute"]
     for stage in stages:
-        figures = read(project / f"reports/timing/{stage}.json")
+        figures = read(project / f"reports/measured/timing/{stage}.json")
         seconds = figures["seconds"]
         assert sum(seconds.values()) == pytest.approx(figures["total_s"], abs=0.05), stage
         # A TensorFlow stage run by a warm server imports next to nothing itself.
@@ -362,9 +362,12 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
         if name == "lstm":  # tfmot's QAT has no LSTM support: recorded with its reason
             assert not variants["qat_int8"]["supported"]
             assert "not supported" in variants["qat_int8"]["reason"]
+        speed = read(project / f"reports/measured/compress/{name}.json")
+        assert set(speed["variants"]) == supported  # measured for speed where LiteRT runs it
+        assert set(speed["targets"]) == {"latency_ratio_tf_function_to_int8"}
         for variant in supported:
             assert 0.0 <= variants[variant]["accuracy"] <= 1.0
-            assert variants[variant]["speed"]["latency_ms_median"] > 0
+            assert speed["variants"][variant]["latency_ms_median"] > 0
         assert variants["int8"]["dtypes"]["input"] == ["int8"]
         assert (project / f"reports/compress/{name}_tradeoff.png").stat().st_size > 1000
         csv_lines = (project / f"reports/compress/{name}_tradeoff.csv").read_text().splitlines()
@@ -373,6 +376,9 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
         lineage = lineage_id(project, name)
         metrics = client.get_run(lineage).data.metrics
         assert metrics["compress.int8.accuracy"] == pytest.approx(variants["int8"]["accuracy"])
+        assert metrics["compress.int8.latency_ms_median"] == pytest.approx(
+            speed["variants"]["int8"]["latency_ms_median"]
+        )
         children = stage_runs(project, lineage, "compress")
         assert len(children) == 1 and children[0].info.status == "FINISHED"
         assert children[0].data.params["compress.prune_epochs"] == "2"
@@ -406,7 +412,7 @@ def test_evaluate_stage_reports_every_model_into_its_lineage(project: Path):
             assert result["transferred_attacks"]["crafted_on"].startswith(f"models/{parent}")
         methods = report["explanations"]["methods"]
         assert ("grad_cam" in methods) == (name == "cnn")
-        speed = read(project / f"reports/evaluate/{name}_speed.json")
+        speed = read(project / f"reports/measured/evaluate/{name}.json")
         assert speed["latency_ms_batch1"] > 0 and speed["wall_time_s"] > 0
         files = {p.name for p in (project / f"reports/evaluate/{name}").iterdir()}
         assert files == {
@@ -471,9 +477,24 @@ def test_report_page_is_self_contained_and_renders(project: Path):
         assert images >= 1 + 6 * len(MODELS) + 1 and broken == 0  # curves, per model, GAN
         for heading in ("Models compared", "Learning curves", "GAN", "Provenance"):
             assert page.get_by_role("heading", name=heading).count() == 1
-        commit_text = page.locator("#provenance dd").first.inner_text()
-        assert len(commit_text.split()[0]) == 40
+        # Speed is no part of the page's bytes: filled from the figures measured beside it.
+        speed_rows = tables.nth(1).locator("tbody tr")
+        for row, name in enumerate(MODELS):
+            cells = speed_rows.nth(row).locator("td")
+            keras = read(project / f"reports/measured/evaluate/{name}.json")
+            int8 = read(project / f"reports/measured/compress/{name}.json")["variants"]["int8"]
+            assert cells.nth(5).inner_text() == f"{keras['latency_ms_batch1']:.3f} ms"
+            assert cells.nth(6).inner_text() == f"{int8['latency_ms_median']:.3f} ms"
+            assert cells.nth(7).inner_text() == f"{keras['throughput_per_s_large_batch']:,.0f}/s"
         page.screenshot(path=str(project / "reports/index.png"), full_page=True)
+        # The same page away from the measured figures says so rather than showing numbers.
+        alone = project / "elsewhere/index.html"
+        alone.parent.mkdir()
+        alone.write_bytes(page_file.read_bytes())
+        page.goto(alone.as_uri())
+        page.wait_for_load_state("load")
+        speed_cells = page.locator("#compare table").nth(1).locator("td[data-measured]")
+        assert set(speed_cells.all_inner_texts()) == {"not measured here"}
     assert (project / "reports/index.png").stat().st_size > 50_000
 
 
@@ -554,8 +575,6 @@ def test_model_cards_state_what_the_stages_measured(project: Path):
 def test_report_escapes_strings_from_params(project: Path):
     page_file = project / "reports/index.html"
     good = page_file.read_bytes()
-    timing_file = project / "reports/timing/report.json"  # the stage's other output
-    good_timing = timing_file.read_bytes()
     hostile = '<script>alert("x")</script>'
     params = (project / "params.yaml").read_text()
     (project / "hostile.yaml").write_text(
@@ -572,7 +591,6 @@ def test_report_escapes_strings_from_params(project: Path):
         assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") >= 1 + len(MODELS)
     finally:
         page_file.write_bytes(good)
-        timing_file.write_bytes(good_timing)
         for path, content in cards.items():
             path.write_bytes(content)
 
@@ -604,6 +622,18 @@ def test_noop_repro_runs_no_stage(project: Path):
     assert result.returncode == 0
     assert "Running stage" not in result.stdout
     assert "Data and pipelines are up to date" in result.stdout
+
+
+def test_rerunning_validate_and_report_changes_no_hash_in_dvc_lock(project: Path):
+    """What DVC hashes holds only what any machine computes alike: GX's Data Docs (run times,
+    random ids), the page's time and commit, and measured speed are kept out of it."""
+    lock = (project / "dvc.lock").read_text()
+    for stage in ("validate", "report"):
+        result = run(project, "dvc", "repro", "--force", "--single-item", stage)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert f"Running stage '{stage}'" in result.stdout
+    assert (project / "dvc.lock").read_text() == lock
+    assert (project / "reports/validation/data_docs/index.html").is_file()  # rebuilt beside
 
 
 def test_an_evaluate_param_change_reruns_only_what_depends_on_it(project: Path):
@@ -714,8 +744,13 @@ def test_first_promotion_blesses_every_family(project: Path):
         (child,) = stage_runs(project, lineage, "promote")
         assert child.data.tags["decision"] == "champion"
         # The registry's page shows the model card; the lineage run keeps it as an artifact.
+        # Then the choice for speed, which the card (a DVC output) cannot hold.
         card = (project / f"reports/model_cards/{name}.md").read_text()
-        assert client.get_model_version(f"digits-{name}", "1").description == card
+        description = client.get_model_version(f"digits-{name}", "1").description
+        assert description.startswith(card + "\n## Speed, as measured"), description[-800:]
+        fastest = re.search(r"latency: `(\w+)` \(([\d.]+) ms", description)
+        measured = read(project / f"reports/measured/compress/{name}.json")["variants"]
+        assert fastest and fastest[2] == f"{measured[fastest[1]]['latency_ms_median']:.4f}"
         logged = [a.path for a in client.list_artifacts(lineage, "model_card")]
         assert logged == [f"model_card/{name}.md"]
     assert "promote: cnn: champion version 1 of digits-cnn" in result.stdout
@@ -800,21 +835,40 @@ def link_environment(project: Path) -> None:
     assert stale.returncode == 0, "the environment is out of date: run `make setup` first"
 
 
-def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path):
-    """The README's retrain command, after a param change that makes the CNN worse."""
+def test_make_retrain_with_a_worse_cnn_keeps_the_champion(project: Path, tmp_path: Path):
+    """The README's retrain command, with a DVC remote (a local folder) and an empty cache,
+    after a param change that makes the CNN worse: it pulls what it need not recompute,
+    retrains the CNN alone, keeps the champion, and pushes the new outputs."""
     link_environment(project)
     champion = lineage_id(project, "cnn")
-    # A learning rate this small leaves the CNN near chance after its four epochs.
-    update_params(project, {"train": {"cnn": {"optimizer": {"learning_rate": 1e-6}}}})
-    result = run(project, "make", "retrain", timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "no DVC remote configured: nothing to pull" in result.stdout
+    fnn = weight_digest(project / "models/fnn/model.keras")
+    config = project / ".dvc/config"
+    original_config = config.read_text()
+    try:
+        added = run(project, "dvc", "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+        assert added.returncode == 0, added.stderr[-2000:]
+        pushed = run(project, "dvc", "push")
+        assert pushed.returncode == 0, pushed.stdout[-2000:] + pushed.stderr[-2000:]
+        # Only the remote holds the FNN now: the pull must fetch it for train@fnn to stay put.
+        shutil.rmtree(project / ".dvc/cache")
+        shutil.rmtree(project / "models/fnn")
+        # A learning rate this small leaves the CNN near chance after its four epochs.
+        update_params(project, {"train": {"cnn": {"optimizer": {"learning_rate": 1e-6}}}})
+        result = run(project, "make", "retrain", timeout=1500)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        cloud = run(project, "dvc", "status", "--cloud")
+    finally:
+        config.write_text(original_config)  # the project as the other tests know it
+    assert "no DVC remote configured" not in result.stdout
+    assert re.search(r"^A\s+models/fnn/$", result.stdout, flags=re.M), result.stdout[:3000]
+    assert weight_digest(project / "models/fnn/model.keras") == fnn
+    assert "Running stage 'train@fnn'" not in result.stdout
     assert "Running stage 'evaluate@cnn'" in result.stdout
+    assert "Cache and remote 'storage' are in sync." in cloud.stdout, cloud.stdout  # pushed
     decisions = read(project / "reports/promotion.json")["models"]
     assert decisions["cnn"]["decision"] == "challenger"
     assert any(r.startswith("accuracy_vs_champion") for r in decisions["cnn"]["reasons"])
     assert decisions["fnn"]["reasons"] == ["already the champion: nothing to compare"]
-    assert "Running stage 'train@fnn'" not in result.stdout
     client = mlflow_client(project)
     assert client.get_model_version_by_alias("digits-cnn", "champion").run_id == champion
     challenger = client.get_model_version_by_alias("digits-cnn", "challenger")

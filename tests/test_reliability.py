@@ -49,6 +49,8 @@ SECRETS = {
     )
 }
 # Not a secret: MLflow records MLFLOW_TRACKING_USERNAME as each run's user (tag mlflow.user).
+# A DVC HTTP remote's password lives in .dvc/config.local, as the README has users keep it.
+REMOTE_PASSWORD = f"fake-remote-password-{uuid.uuid4().hex}"
 REPORT = REPO / "reports/reliability.md"
 ROWS: list[tuple[str, str, str, str]] = []  # (kind, fault, observed outcome, lost)
 OUTPUTS: list[str] = []  # everything the commands printed, searched for the secrets at the end
@@ -303,7 +305,7 @@ def test_bad_input_is_one_line_and_loses_nothing(project: Path, bad: BadInput):
     try:
         result = sh(project, "dvc", "repro")
         after = snapshot(project, folders)
-        allowed = {"reports/timing/ingest.json"} if bad.stage == "validate" else set()
+        allowed = {"reports/measured/timing/ingest.json"} if bad.stage == "validate" else set()
         lost = [k for k in changed(before, after) if k not in allowed]
         errors = error_lines(result)
         ran = re.findall(r"^Running stage '([^']+)'", result.stdout, flags=re.M)
@@ -591,6 +593,80 @@ def test_an_unreachable_tracking_server_stops_the_stage_at_start(project: Path, 
         "store", "tracking server unreachable", line, ", ".join(changed(before, snapshot(project)))
     )
     assert changed(before, snapshot(project)) == []
+
+
+@contextlib.contextmanager
+def refusing_server() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 that answers every request 401, noting the credentials each
+    one carried (its Authorization header): where a secret really goes when a command uses it."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def refuse(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = refuse
+
+        def log_message(self, *args: Any) -> None:  # not on the test's output
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_credentials_sent_to_a_refusing_remote_and_tracking_server_are_never_written(
+    project: Path, monkeypatch
+):
+    """A DVC HTTP remote with basic auth and a tracking server with MLflow's credentials, both
+    on 127.0.0.1 and refusing: the secrets really leave the process (the server saw them), each
+    command fails with one line, and the last test finds them in no file and no output."""
+    import base64
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    configs = {p: p.read_bytes() for p in (project / ".dvc").glob("config*")}
+    with refusing_server() as (url, seen):
+        try:
+            sh(project, "dvc", "remote", "add", "leaky", f"{url}/dvc")
+            for key, value in (("auth", "basic"), ("user", "team"), ("password", REMOTE_PASSWORD)):
+                sh(project, "dvc", "remote", "modify", "--local", "leaky", key, value)
+            pushed = sh(project, "dvc", "push", "-r", "leaky", "models/fnn")
+        finally:
+            for path in (project / ".dvc").glob("config*"):
+                if path not in configs:
+                    path.unlink()
+            for path, content in configs.items():
+                path.write_bytes(content)
+        # `run` drops MLFLOW_TRACKING_URI from the environment: pass it on the command line.
+        stage = sh(
+            project,
+            "env",
+            f"MLFLOW_TRACKING_URI={url}",
+            "MLFLOW_TRACKING_USERNAME=team",
+            "python",
+            "-m",
+            "pipeline.stages.train",
+            "--model",
+            "fnn",
+        )
+    sent = {base64.b64decode(h.split()[1]).decode() for h in seen if h.startswith("Basic ")}
+    assert f"team:{REMOTE_PASSWORD}" in sent, sent  # DVC's push
+    assert f"team:{SECRETS['MLFLOW_TRACKING_PASSWORD']}" in sent, sent  # the stage's MLflow
+    assert pushed.returncode != 0 and "Traceback" not in pushed.stdout + pushed.stderr
+    line = assert_refused_before_training(stage, f"MLflow tracking store {url}")
+    record("security", "credentials sent to a refusing DVC remote and tracking server", line)
 
 
 def test_a_locked_sqlite_store_stops_the_stage_at_start(project: Path):
@@ -903,7 +979,7 @@ def test_no_secret_appears_in_any_output(project: Path):
     logs) and everything the commands printed."""
     files = [p for p in project.rglob("*") if p.is_file() and ".git" not in p.parts]
     hits = []
-    for secret in SECRETS.values():
+    for secret in (*SECRETS.values(), REMOTE_PASSWORD):
         needle = secret.encode()
         hits += [str(p.relative_to(project)) for p in files if needle in p.read_bytes()]
         for text in OUTPUTS:
@@ -912,7 +988,8 @@ def test_no_secret_appears_in_any_output(project: Path):
                 hits.append(f"command output ...{text[max(0, at - 300) : at + 50]!r}")
     record(
         "security",
-        f"fake credentials in the environment of every command ({', '.join(SECRETS)})",
+        f"fake credentials in the environment of every command ({', '.join(SECRETS)}) "
+        "and a DVC remote's password",
         f"searched {len(files)} files and {len(OUTPUTS)} outputs: "
         f"{'no match' if not hits else 'FOUND in ' + ', '.join(sorted(set(hits)))}",
         "nothing" if not hits else "secrets leaked",

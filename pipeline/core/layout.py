@@ -20,7 +20,7 @@ SUITE = Path("expectations/prepared_images.json")
 VALIDATION_DIR = Path("reports/validation")
 VALIDATION_RESULTS = VALIDATION_DIR / "results.json"
 VALIDATION_SUMMARY = VALIDATION_DIR / "summary.html"
-DATA_DOCS = VALIDATION_DIR / "data_docs"
+DATA_DOCS = VALIDATION_DIR / "data_docs"  # GX's pages: run times, random ids; not a DVC output
 REJECTED_DIR = VALIDATION_DIR / "rejected"  # the latest failing results; not a DVC output
 
 # train -> models/<name>/, reports/train/<name>.json
@@ -49,7 +49,7 @@ COMPRESSED_DIR = MODELS_DIR / "compressed"
 PRUNED_FILE = "pruned.keras"  # the pruned float parent of the pruned TFLite variants
 COMPRESS_REPORTS = Path("reports/compress")
 
-# evaluate -> reports/evaluate/<name>.json, <name>_speed.json, <name>/
+# evaluate -> reports/evaluate/<name>.json, <name>/
 EVALUATE_REPORTS = Path("reports/evaluate")
 # The CSV files behind `dvc plots`, inside reports/evaluate/<name>/.
 PLOT_TABLES = ("confusion.csv", "adversarial.csv", "reliability.csv", "deletion.csv")
@@ -59,7 +59,12 @@ REPORT_PAGE = Path("reports/index.html")
 MODEL_CARDS_DIR = Path("reports/model_cards")  # <family>.md, written by the report stage
 REPORT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "report.html.j2"
 PROMOTION = Path("reports/promotion.json")
-TIMING_DIR = Path("reports/timing")
+
+# Measured on the machine that ran the stage (wall time, latency, throughput): they differ from
+# run to run, so they are no DVC output and git ignores them; the same figures go to MLflow.
+# `dvc.lock` and the committed metrics then hold only what any machine computes alike.
+MEASURED_DIR = Path("reports/measured")
+TIMING_DIR = MEASURED_DIR / "timing"
 
 
 def model_dir(name: str) -> Path:
@@ -92,7 +97,24 @@ def evaluate_report(name: str) -> Path:
 
 
 def evaluate_speed(name: str) -> Path:
-    return EVALUATE_REPORTS / f"{name}_speed.json"
+    """reports/measured/evaluate/<name>.json: the Keras model's latency and throughput."""
+    return MEASURED_DIR / "evaluate" / f"{name}.json"
+
+
+def compress_speed(name: str) -> Path:
+    """reports/measured/compress/<name>.json: every variant's latency, and the speed targets."""
+    return MEASURED_DIR / "compress" / f"{name}.json"
+
+
+def measured_script(measured_file: Path) -> Path:
+    """The same figures as a script the report page loads beside it (`<name>.js`): a page
+    opened from disk may load scripts next to it, not read JSON."""
+    return measured_file.with_suffix(".js")
+
+
+def measured_key(measured_file: Path) -> str:
+    """The name the script gives its figures on the page: `evaluate/cnn`."""
+    return f"{measured_file.parent.name}/{measured_file.stem}"
 
 
 def evaluate_dir(name: str) -> Path:
@@ -117,16 +139,16 @@ def model_card_file(name: str) -> Path:
 
 
 def timing_file(stage: str) -> Path:
-    """reports/timing/<stage>.json, `train@cnn` as `train_cnn`."""
+    """reports/measured/timing/<stage>.json, `train@cnn` as `train_cnn`."""
     return TIMING_DIR / f"{stage.replace('@', '_')}.json"
 
 
 def stage_outputs(stage: str, name: str | None = None) -> list[Path]:
     """What a stage (`name`: the family of a foreach stage) declares as outputs in dvc.yaml:
-    outs, metrics and plots together."""
+    outs, metrics and plots together. Its measurements (MEASURED_DIR) are not among them."""
     outputs: dict[str, list[Path]] = {
         "ingest": [PREPARED_DIR],
-        "validate": [VALIDATION_RESULTS, VALIDATION_SUMMARY, DATA_DOCS],
+        "validate": [VALIDATION_RESULTS, VALIDATION_SUMMARY],
         "gan": [GAN_DIR, GAN_METRICS],
         "baseline": [BASELINE_DIR, *(baseline_report(b) for b in BASELINE_NAMES)],
         "report": [REPORT_PAGE, MODEL_CARDS_DIR],
@@ -139,10 +161,9 @@ def stage_outputs(stage: str, name: str | None = None) -> list[Path]:
                 *(compress_report(name, s) for s in (".json", ".md", "_tradeoff.png")),
                 compress_report(name, "_tradeoff.csv"),
             ],
-            "evaluate": [evaluate_dir(name), evaluate_report(name), evaluate_speed(name)],
+            "evaluate": [evaluate_dir(name), evaluate_report(name)],
         }
-    timing = timing_file(f"{stage}@{name}" if name else stage)
-    return [*outputs[stage], timing]
+    return outputs[stage]
 
 
 def plot_sources() -> list[Path]:

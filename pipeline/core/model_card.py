@@ -7,6 +7,7 @@ sets it as the registered version's description.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,6 @@ class CardSources:
     compressed: CompressReport
     model_digest: str  # sha256 of models/<family>/model.keras: the key of its lineage run
     dvc_inputs_digest: str  # train@<family>'s inputs as DVC hashes them, summed up
-    git_commit: str
-    git_dirty: str
 
 
 def model_card(s: CardSources) -> ModelCard:
@@ -195,39 +194,52 @@ def _deployable(c: CompressReport) -> dict[str, SupportedVariant]:
     return {k: v for k, v in c.supported.items() if v.accuracy >= floor}
 
 
-def _deployment(c: CompressReport) -> list[str]:
-    candidates = _deployable(c)
-    rule = (
+def _rule(c: CompressReport) -> str:
+    return (
         f"among the TFLite variants within {DEPLOY_TOLERANCE_POINTS:g} accuracy point of the "
         f"Keras model ({c.keras_float.accuracy:.4f})"
     )
+
+
+def _deployment(c: CompressReport) -> list[str]:
+    candidates = _deployable(c)
     if not candidates:
-        return [f"No variant qualifies {rule}: deploy the Keras model."]
+        return [f"No variant qualifies {_rule(c)}: deploy the Keras model."]
     smallest = min(candidates, key=lambda k: (candidates[k].size_gzip_bytes, k))
-    fastest = min(candidates, key=lambda k: (candidates[k].speed.latency_ms_median, k))
-    small, fast = candidates[smallest], candidates[fastest]
+    small = candidates[smallest]
     unsupported = sorted(k for k in c.variants if k not in c.supported)
     sentences = [
-        f"For size, {rule}: `{smallest}` ({small.size_gzip_bytes / 1024:.1f} KiB gzipped, "
+        f"For size, {_rule(c)}: `{smallest}` ({small.size_gzip_bytes / 1024:.1f} KiB gzipped, "
         f"accuracy {small.accuracy:.4f}).",
-        f"For speed, by the median single-image latency on the machine that ran compress: "
-        f"`{fastest}` ({fast.speed.latency_ms_median:.4f} ms, accuracy {fast.accuracy:.4f}).",
+        "For speed: latency is measured, so it differs from machine to machine and is not part "
+        "of this card; the registered version's description names the fastest variant as "
+        "measured where compress ran (the lineage run's `compress.<variant>.latency_ms_median`).",
     ]
     if unsupported:
         sentences.append(f"Not available for this model: {', '.join(unsupported)}.")
     return sentences
 
 
+def speed_section(c: CompressReport, latency_ms: Mapping[str, float]) -> str:
+    """The deployment choice for speed, from latencies measured where compress ran (variant ->
+    median milliseconds for one image), as a Markdown section to follow the card."""
+    candidates = {k: v for k, v in _deployable(c).items() if k in latency_ms}
+    if not candidates:
+        return ""
+    fastest = min(candidates, key=lambda k: (latency_ms[k], k))
+    rows = "\n".join(f"| {k} | {latency_ms[k]:.4f} |" for k in sorted(candidates))
+    return (
+        "## Speed, as measured on the machine that ran compress\n\n"
+        f"For speed, {_rule(c)}, by the median single-image latency: `{fastest}` "
+        f"({latency_ms[fastest]:.4f} ms, accuracy {candidates[fastest].accuracy:.4f}).\n\n"
+        f"| variant | latency median (ms) |\n|---|---|\n{rows}\n"
+    )
+
+
 def _variant_table(c: CompressReport) -> list[list[str]]:
-    header = ["variant", "accuracy", "gzipped (KiB)", "latency median (ms)", "kernels"]
+    header = ["variant", "accuracy", "gzipped (KiB)", "kernels"]
     rows = [
-        [
-            name,
-            f"{v.accuracy:.4f}",
-            f"{v.size_gzip_bytes / 1024:.1f}",
-            f"{v.speed.latency_ms_median:.4f}",
-            v.kernels,
-        ]
+        [name, f"{v.accuracy:.4f}", f"{v.size_gzip_bytes / 1024:.1f}", v.kernels]
         for name, v in c.supported.items()
     ]
     return [header, *rows]
@@ -256,12 +268,12 @@ def _limitations(s: CardSources) -> list[str]:
 
 
 def _lineage(s: CardSources) -> list[str]:
-    dirty = " (with uncommitted changes)" if s.git_dirty == "true" else ""
     return [
-        f"Code: git commit `{s.git_commit}`{dirty}.",
         f"Model file sha256 `{s.model_digest}`: its MLflow lineage run is the first finished "
         f"run in experiment `{s.params.experiment_name}` whose `model_digest` tag has this value.",
         f"DVC inputs of `train@{s.family}` (code, data and params, as DVC hashes them): digest "
         f"`{s.dvc_inputs_digest}`, the lineage run's `dvc_inputs_md5` tag if nothing changed "
         "since it trained.",
+        # A card is a DVC output: it cannot name the commit whose dvc.lock records its hash.
+        "The git commit of the code is the lineage run's `git_commit` tag.",
     ]

@@ -8,6 +8,7 @@ wherever it is checked, has the one shape `Check {value, bound, met}`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -22,8 +23,8 @@ from pydantic import (
 )
 
 from pipeline.core.cli import PipelineError, first_line
-from pipeline.core.io import read_json, write_json
-from pipeline.core.layout import INPUTS_FILE
+from pipeline.core.io import read_json, write_json, write_text
+from pipeline.core.layout import INPUTS_FILE, measured_key, measured_script
 from pipeline.core.params import describe_errors
 
 Curve = dict[str, float]  # severity (as written by `severity_key`) -> accuracy
@@ -55,6 +56,18 @@ class Output(BaseModel):
             ) from None
         except ValueError as error:  # not JSON at all
             raise PipelineError(f"{path}: not valid JSON ({first_line(error)})") from None
+
+
+class Measured(Output):
+    """Figures measured on the machine that ran the stage (reports/measured/): beside the JSON,
+    the same figures as a script that the report page loads, as `measured["<stage>/<name>"]`."""
+
+    def write(self, path: Path) -> None:
+        figures = self.model_dump(by_alias=True)
+        write_json(path, figures)
+        key, values = json.dumps(measured_key(path)), json.dumps(figures, sort_keys=True)
+        assignment = f"(window.measured ??= {{}})[{key}] = {values};"
+        write_text(measured_script(path), assignment + "\n")
 
 
 class Check(Output):
@@ -165,7 +178,6 @@ class KerasFloat(Output):
     sparsity: float
     size_bytes: int
     size_gzip_bytes: int
-    speed: dict[str, Speed]  # per way of calling the Keras model
 
 
 class SupportedVariant(Output):
@@ -178,7 +190,6 @@ class SupportedVariant(Output):
     size_bytes: int
     size_gzip_bytes: int
     dtypes: dict[str, list[str]]
-    speed: Speed
 
 
 class UnsupportedVariant(Output):
@@ -197,6 +208,15 @@ class CompressReport(Output):
     @property
     def supported(self) -> dict[str, SupportedVariant]:
         return {k: v for k, v in self.variants.items() if isinstance(v, SupportedVariant)}
+
+
+class CompressSpeed(Measured):
+    """reports/measured/compress/<name>.json: how fast each variant ran on the machine that ran
+    compress. Measured, so it differs run to run: no DVC output, and its targets apart."""
+
+    keras_float: dict[str, Speed]  # per way of calling the Keras model
+    variants: dict[str, Speed]  # the supported TFLite variants, in the LiteRT interpreter
+    targets: Checks
 
 
 # --- evaluate ---------------------------------------------------------------------------------
@@ -315,8 +335,8 @@ def mean_accuracy(curves: Curves) -> float:
     return float(np.mean([v for curve in curves.values() for v in curve.values()]))
 
 
-class EvaluateSpeed(Output):
-    """reports/evaluate/<name>_speed.json: measured, so it differs run to run."""
+class EvaluateSpeed(Measured):
+    """reports/measured/evaluate/<name>.json: measured, so it differs run to run."""
 
     latency_ms_batch1: float
     latency_ms_batch1_p95: float

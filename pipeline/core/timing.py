@@ -1,9 +1,10 @@
 """Where a stage's time goes: start-up, imports, data, model compute, logging, writing outputs.
 
-Each stage process writes `reports/timing/<stage>.json` and logs the same figures to its model's
-MLflow run. The package's `__init__` imports this module first, so "start-up" is the time from
-the process's start to the first line of the pipeline's own code (interpreter and `-m` machinery)
-and "imports" runs from there to the stage's `main()`, plus any import a stage defers and times.
+Each stage process writes `reports/measured/timing/<stage>.json` (measured: no DVC output) and
+logs the same figures to its model's MLflow run. The package's `__init__` imports this module
+first, so "start-up" is the time from the process's start to the first line of the pipeline's
+own code (interpreter and `-m` machinery) and "imports" runs from there to the stage's `main()`,
+plus any import a stage defers and times.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class StageTimer:
         return timing_file(self.stage)
 
     def finish(self, log: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
-        """Write reports/timing/<stage>.json; `log` sends the same figures to MLflow."""
+        """Write reports/measured/timing/<stage>.json; `log` sends the same figures to MLflow."""
         from pipeline.core.io import write_json  # numpy: not paid before the first line is marked
 
         figures = self.figures()

@@ -2,7 +2,8 @@
 classifier to TFLite; measure every variant through the LiteRT interpreter.
 
 Writes models/compressed/<name>/ (the .tflite files and pruned.keras) and reports/compress/
-(<name>.json, a Markdown table, the size-vs-accuracy trade-off as PNG and as DVC plot data).
+(<name>.json, a Markdown table, the size-vs-accuracy trade-off as PNG and as DVC plot data);
+the variants' measured speed goes to reports/measured/compress/<name>.json and to MLflow.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
 from pipeline.core.io import atomic_path, write_text
-from pipeline.core.outputs import CompressReport, unmet
+from pipeline.core.outputs import CompressReport, CompressSpeed, unmet
 from pipeline.core.params import Params, flatten
 from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
@@ -36,14 +37,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         child = tracking.stage_run(lineage, "compress", {"model_family": name})
         run = open_run(stack, timer, child, logged)
         with timer.phase("compute"):
-            variants, report = compress(name, model, params, prepared)
+            variants, report, speed = compress(name, model, params, prepared)
         with timer.phase("outputs"):
-            write_outputs(name, variants, report)
+            write_outputs(name, variants, report, speed)
         outputs = [layout.compressed_dir(name), layout.compress_report(name)]
         with timer.phase("logging"), tracking.after_outputs(outputs):
-            log_compression(run, lineage, name, report)
+            log_compression(run, lineage, name, report, speed)
         timer.finish(functools.partial(tracking.log_metrics, lineage))
-    print(summary(name, report))
+    print(summary(name, report, speed))
 
 
 def load_model(name: str) -> Any:
@@ -54,10 +55,11 @@ def load_model(name: str) -> Any:
 
 def compress(
     name: str, model: Any, params: Params, prepared: Prepared
-) -> tuple[list[Any], CompressReport]:
-    """Every variant of `model`, and the report that measures them against the targets."""
+) -> tuple[list[Any], CompressReport, CompressSpeed]:
+    """Every variant of `model`, the report that checks them against the targets, and their
+    measured speed."""
     from pipeline.ml.compression import make_variants
-    from pipeline.ml.compression_report import measure, target_checks
+    from pipeline.ml.compression_report import measure, speed_checks, target_checks
     from pipeline.ml.models import build_classifier
 
     p, classes = params.compress, prepared.num_classes
@@ -74,14 +76,22 @@ def compress(
         build_plain=lambda: build_classifier(name, plain, prepared.image_shape, classes),
     )
     keras_file = layout.model_file(name)
-    measured = measure(
+    measured, speed = measure(
         variants, model, keras_file, prepared["test"], p.latency_runs, p.throughput_batch
     )
     targets = target_checks(measured, p.target_sparsity, params.targets.compress)
-    return variants, CompressReport.model_validate({**measured, "targets": targets})
+    return (
+        variants,
+        CompressReport.model_validate({**measured, "targets": targets}),
+        CompressSpeed.model_validate(
+            {**speed, "targets": speed_checks(speed, params.targets.compress)}
+        ),
+    )
 
 
-def write_outputs(name: str, variants: list[Any], report: CompressReport) -> None:
+def write_outputs(
+    name: str, variants: list[Any], report: CompressReport, speed: CompressSpeed
+) -> None:
     from pipeline.ml.artifacts import save_keras
     from pipeline.ml.compression_report import markdown_table, points_csv, tradeoff_points
     from pipeline.ml.figures import save_tradeoff_png
@@ -99,25 +109,32 @@ def write_outputs(name: str, variants: list[Any], report: CompressReport) -> Non
     write_text(layout.compress_report(name, "_tradeoff.csv"), points_csv(points))
     tradeoff = layout.compress_report(name, "_tradeoff.png")
     save_tradeoff_png(tradeoff, points, f"{name}: size vs accuracy")
+    speed.write(layout.compress_speed(name))
 
 
-def log_compression(run: str, lineage_run: str, name: str, report: CompressReport) -> None:
-    from pipeline.ml.compression_report import headline_metrics
+def log_compression(
+    run: str, lineage_run: str, name: str, report: CompressReport, speed: CompressSpeed
+) -> None:
+    from pipeline.ml.compression_report import headline_metrics, speed_metrics
 
-    metrics = headline_metrics(report)
+    metrics = headline_metrics(report) | speed_metrics(speed)
     tracking.log_metrics(run, metrics)
     tracking.log_metrics(lineage_run, metrics)
-    reports = [layout.compress_report(name, suffix) for suffix in REPORT_FILES]
+    reports = [
+        *(layout.compress_report(name, suffix) for suffix in REPORT_FILES),
+        layout.compress_speed(name),
+    ]
     tracking.log_artifacts(run, reports, "compress")
     tracking.log_artifacts(run, [layout.compressed_dir(name)], "compress")
 
 
-def summary(name: str, report: CompressReport) -> str:
+def summary(name: str, report: CompressReport, speed: CompressSpeed) -> str:
     unsupported = [k for k, v in report.variants.items() if not v.supported]
     return (
         f"compress: {name}: {len(report.supported)} variants"
         f"{f', unsupported: {unsupported}' if unsupported else ''}; targets not met: "
-        f"{unmet(report.targets) or 'none'} -> {layout.compressed_dir(name)}, "
+        f"{unmet(report.targets) or 'none'}, speed targets not met on this machine: "
+        f"{unmet(speed.targets) or 'none'} -> {layout.compressed_dir(name)}, "
         f"{layout.compress_report(name, '.md')}"
     )
 

@@ -2,9 +2,9 @@
 explanations of one trained classifier; its TFLite variants on the same corruptions and on
 attacks transferred from their float parent.
 
-Writes reports/evaluate/<name>.json (results), reports/evaluate/<name>_speed.json (latency,
-throughput, wall time: they vary run to run) and reports/evaluate/<name>/ (PNG figures and the
-CSV files behind `dvc plots`).
+Writes reports/evaluate/<name>.json (results) and reports/evaluate/<name>/ (PNG figures and the
+CSV files behind `dvc plots`); latency, throughput and wall time, which vary run to run, go to
+reports/measured/evaluate/<name>.json and to MLflow.
 """
 
 from __future__ import annotations

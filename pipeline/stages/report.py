@@ -4,6 +4,10 @@ per family, reports/model_cards/<family>.md.
 Reads what the other stages wrote (metrics, figures, validation results, the manifest) and
 embeds every image, so the page opens from disk with no network. Strings from data, params and
 runs are escaped by the template engine (Jinja2 autoescape).
+
+Both are DVC outputs, so they hold only what any machine computes alike: no time of day, no
+commit (the commit's dvc.lock records their hash), no speed. The page fills its speed columns in
+the browser from the figures the last run measured beside it (reports/measured/*/<name>.js).
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import base64
 import csv
 import io
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +27,13 @@ from pipeline.core.outputs import (
     BaselineReport,
     CompressReport,
     EvaluateReport,
-    EvaluateSpeed,
     GanMetrics,
     ModelInputs,
     TrainMetrics,
     unmet,
 )
 from pipeline.core.params import Params, flatten
-from pipeline.core.provenance import dvc_inputs, git_state, package_versions
+from pipeline.core.provenance import dvc_inputs, package_versions
 from pipeline.core.stage import start
 from pipeline.data.validation_results import failures
 
@@ -58,9 +60,7 @@ def write_cards(cards: list[ModelCard]) -> None:
             (folder / f"{card.family}.md").write_text(card_markdown(card), encoding="utf-8")
 
 
-def card_for(
-    name: str, params: Params, manifest: dict[str, Any], validation: dict, git: dict[str, str]
-) -> ModelCard:
+def card_for(name: str, params: Params, manifest: dict[str, Any], validation: dict) -> ModelCard:
     inputs = dvc_inputs(f"train@{name}")
     return model_card(
         CardSources(
@@ -73,8 +73,6 @@ def card_for(
             compressed=CompressReport.read(layout.compress_report(name)),
             model_digest=file_digest(layout.model_file(name)),
             dvc_inputs_digest=inputs.get("digest", f"not recorded ({inputs.get('error')})"),
-            git_commit=git.get("git_commit", "unknown"),
-            git_dirty=git.get("git_dirty", "unknown"),
         )
     )
 
@@ -136,7 +134,6 @@ def model_row(name: str) -> dict[str, Any]:
     """The comparison table's row: one family's headline numbers from every stage."""
     train = TrainMetrics.read(layout.train_metrics(name))
     evaluated = EvaluateReport.read(layout.evaluate_report(name))
-    speed = EvaluateSpeed.read(layout.evaluate_speed(name))
     compressed = CompressReport.read(layout.compress_report(name))
     supported = compressed.supported
     int8, pruned_int8 = supported.get("int8"), supported.get("pruned_int8")
@@ -156,10 +153,14 @@ def model_row(name: str) -> dict[str, Any]:
         "int8_accuracy": int8.accuracy if int8 else None,
         "int8_gzip_bytes": int8.size_gzip_bytes if int8 else None,
         "pruned_int8_gzip_bytes": pruned_int8.size_gzip_bytes if pruned_int8 else None,
-        "latency_ms": speed.latency_ms_batch1,
-        "throughput": speed.throughput_per_s_large_batch,
-        "large_batch": speed.large_batch,
-        "int8_latency_ms": int8.speed.latency_ms_median if int8 else None,
+        # Where the page finds the measured speed, relative to itself.
+        "measured": {
+            stage: layout.measured_key(path)
+            for stage, path in (
+                ("evaluate", layout.evaluate_speed(name)),
+                ("compress", layout.compress_speed(name)),
+            )
+        },
         "most_faithful": faithful.most_faithful,
         "per_class": evaluated.clean.per_class,
         "fgsm": evaluated.adversarial.fgsm,
@@ -204,13 +205,17 @@ def context(params: Params) -> dict[str, Any]:
     manifest = read(layout.PREPARED_DIR / layout.MANIFEST)
     validation = read(layout.VALIDATION_RESULTS)
     gan_epoch, gan_grid = latest_sample_grid(layout.GAN_DIR / layout.SAMPLES_DIR)
-    git = git_state()
     return {
         "title": f"Model report: {params.experiment_name}",
-        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "large_batch": params.evaluate.throughput_batch,
+        "scripts": [
+            layout.measured_script(path).relative_to(layout.REPORT_PAGE.parent).as_posix()
+            for name in layout.MODEL_NAMES
+            for path in (layout.evaluate_speed(name), layout.compress_speed(name))
+        ],
         "models": [model_row(name) for name in layout.MODEL_NAMES],
         "baselines": [baseline_row(name) for name in layout.BASELINE_NAMES],
-        "cards": [card_for(name, params, manifest, validation, git) for name in layout.MODEL_NAMES],
+        "cards": [card_for(name, params, manifest, validation) for name in layout.MODEL_NAMES],
         "learning_curves": learning_curves_png(
             {name: history(layout.history_file(name)) for name in layout.MODEL_NAMES}
         ),
@@ -227,8 +232,6 @@ def context(params: Params) -> dict[str, Any]:
             "failures": failures(validation["splits"]),
         },
         "provenance": {
-            "git_commit": git.get("git_commit", "unknown"),
-            "git_dirty": git.get("git_dirty", "unknown"),
             "data_source": manifest["source"],
             "data_hash": manifest["content_hash"],
             "splits": {split: s["count"] for split, s in manifest["splits"].items()},

@@ -12,7 +12,7 @@ to reports/promotion.json and to a `promote` child run of each lineage.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,13 +30,16 @@ from pipeline.core.layout import (
     SPLIT_FILE,
     VALIDATION_RESULTS,
     baseline_report,
+    compress_report,
     model_card_file,
     model_file,
 )
+from pipeline.core.model_card import speed_section
 from pipeline.core.outputs import (
     BaselineReport,
     Check,
     Checks,
+    CompressReport,
     Decision,
     LineageMetric,
     Promotion,
@@ -180,7 +183,7 @@ def promote_family(
     tags = {"decision": alias, **({"infra_validation": infra.passed} if infra else {})}
     tracking.tag_version(name, version, tags)
     tracking.set_alias(name, alias, version)
-    describe(name, version, run_id, family)
+    describe(name, version, run_id, family, run["metrics"])
     if current is None and blessed:
         said.append("no champion yet: the first candidate that meets the thresholds")
     decision = Decision(
@@ -202,9 +205,12 @@ def promote_family(
     return decision
 
 
-def describe(name: str, version: str, run_id: str, family: str) -> None:
+def describe(
+    name: str, version: str, run_id: str, family: str, metrics: Mapping[str, float]
+) -> None:
     """The report stage's model card, as the version's description in the registry and as an
-    artifact of the lineage run, so the MLflow UI shows what the model is and how it measured."""
+    artifact of the lineage run, so the MLflow UI shows what the model is and how it measured;
+    the description adds the speed the lineage run measured, which the card cannot hold."""
     card = model_card_file(family)
     if not card.is_file():
         print(f"promote: {family}: {card} missing (run the report stage): no description set")
@@ -214,7 +220,14 @@ def describe(name: str, version: str, run_id: str, family: str) -> None:
         print(f"promote: {family}: {card} describes another model (run the report stage)")
         return
     tracking.log_artifacts(run_id, [card], "model_card")
-    tracking.describe_version(name, version, text, str(card))
+    latency = {
+        key.split(".")[1]: value
+        for key, value in metrics.items()
+        if key.startswith("compress.") and key.endswith(".latency_ms_median")
+    }
+    with contextlib.suppress(PipelineError):  # no compress report: the card alone
+        text += "\n" + speed_section(CompressReport.read(compress_report(family)), latency)
+    tracking.describe_version(name, version, text.rstrip("\n") + "\n", str(card))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
