@@ -190,7 +190,7 @@ def test_outputs_for_dvc_plots_figures_and_mlflow(evaluated, cnn, digits, tmp_pa
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     speed = keras_speed(cnn, x, QUICK)
     assert speed["latency_ms_batch1"] > 0 and speed["throughput_per_s_large_batch"] > 0
-    timed = EvaluateSpeed.model_validate({**speed, "wall_time_s": 1.0})
+    timed = EvaluateSpeed.model_validate({**speed, "wall_time_s": 1.0, "model_digest": "d"})
     metrics = headline_metrics(typed, timed)
     assert metrics["evaluate.pgd.eps_0.1"] == report["adversarial"]["robust_accuracy"]
     # The names promotion reads back from the lineage runs are among them, with their values.

@@ -382,6 +382,12 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
         children = stage_runs(project, lineage, "compress")
         assert len(children) == 1 and children[0].info.status == "FINISHED"
         assert children[0].data.params["compress.prune_epochs"] == "2"
+        child = children[0].info.run_id
+        logged = client.download_artifacts(child, f"compress/{name}.json")
+        assert read(Path(logged)) == report  # not overwritten by the measured file's namesake
+        assert (
+            read(Path(client.download_artifacts(child, f"compress/measured/{name}.json"))) == speed
+        )
 
 
 def stage_runs(project: Path, lineage: str, stage: str) -> list:
@@ -435,6 +441,10 @@ def test_evaluate_stage_reports_every_model_into_its_lineage(project: Path):
         assert child.data.params["evaluate.pgd_steps"] == "3"
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluate")}
         assert f"evaluate/{name}.json" in artifacts and f"evaluate/{name}" in artifacts
+        logged = client.download_artifacts(child.info.run_id, f"evaluate/{name}.json")
+        assert read(Path(logged)) == report  # not overwritten by the measured file's namesake
+        logged = client.download_artifacts(child.info.run_id, f"evaluate/measured/{name}.json")
+        assert read(Path(logged)) == speed
 
 
 def test_dvc_renders_the_declared_plots_and_metrics(project: Path):
@@ -464,6 +474,8 @@ def test_report_page_is_self_contained_and_renders(project: Path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
+        script_errors: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
         page.goto(page_file.as_uri())
         page.wait_for_load_state("load")
         assert all(url.startswith(("file:", "data:")) for url in requested), requested
@@ -483,9 +495,15 @@ def test_report_page_is_self_contained_and_renders(project: Path):
             cells = speed_rows.nth(row).locator("td")
             keras = read(project / f"reports/measured/evaluate/{name}.json")
             int8 = read(project / f"reports/measured/compress/{name}.json")["variants"]["int8"]
-            assert cells.nth(5).inner_text() == f"{keras['latency_ms_batch1']:.3f} ms"
-            assert cells.nth(6).inner_text() == f"{int8['latency_ms_median']:.3f} ms"
-            assert cells.nth(7).inner_text() == f"{keras['throughput_per_s_large_batch']:,.0f}/s"
+            shown = [cells.nth(i).inner_text() for i in (5, 6, 7)]
+            assert shown[0].endswith(" ms") and shown[1].endswith(" ms") and shown[2].endswith("/s")
+            numbers = [float(text.split()[0].split("/")[0].replace(",", "")) for text in shown]
+            assert numbers == [
+                pytest.approx(keras["latency_ms_batch1"], abs=5e-4),
+                pytest.approx(int8["latency_ms_median"], abs=5e-4),
+                pytest.approx(keras["throughput_per_s_large_batch"], abs=0.5),
+            ]
+        assert script_errors == []
         page.screenshot(path=str(project / "reports/index.png"), full_page=True)
         # The same page away from the measured figures says so rather than showing numbers.
         alone = project / "elsewhere/index.html"
@@ -495,6 +513,19 @@ def test_report_page_is_self_contained_and_renders(project: Path):
         page.wait_for_load_state("load")
         speed_cells = page.locator("#compare table").nth(1).locator("td[data-measured]")
         assert set(speed_cells.all_inner_texts()) == {"not measured here"}
+        # Beside figures measured on another model (a checkout or pull since), the same.
+        measured = project / "reports/measured/evaluate/cnn.js"
+        good_script = measured.read_text()
+        try:
+            measured.write_text(good_script.replace('"model_digest": "', '"model_digest": "0'))
+            page.goto(page_file.as_uri())
+            page.wait_for_load_state("load")
+            cnn_row = page.locator("#compare table").nth(1).locator("tbody tr").nth(1)
+            assert cnn_row.locator("td").nth(5).inner_text() == "not measured here"
+            assert cnn_row.locator("td").nth(6).inner_text().endswith(" ms")  # compress's
+        finally:
+            measured.write_text(good_script)
+        assert script_errors == []
     assert (project / "reports/index.png").stat().st_size > 50_000
 
 
@@ -518,6 +549,8 @@ def test_dvc_plots_render_every_declared_plot_with_the_network_off(
         page = context.new_page()
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
+        script_errors: list[str] = []
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto((out / "index.html").as_uri())
@@ -624,11 +657,11 @@ def test_noop_repro_runs_no_stage(project: Path):
     assert "Data and pipelines are up to date" in result.stdout
 
 
-def test_rerunning_validate_and_report_changes_no_hash_in_dvc_lock(project: Path):
+def test_rerunning_stages_that_measure_or_render_changes_no_hash_in_dvc_lock(project: Path):
     """What DVC hashes holds only what any machine computes alike: GX's Data Docs (run times,
     random ids), the page's time and commit, and measured speed are kept out of it."""
     lock = (project / "dvc.lock").read_text()
-    for stage in ("validate", "report"):
+    for stage in ("validate", "compress@fnn", "evaluate@fnn", "report"):
         result = run(project, "dvc", "repro", "--force", "--single-item", stage)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert f"Running stage '{stage}'" in result.stdout

@@ -636,6 +636,7 @@ def test_credentials_sent_to_a_refusing_remote_and_tracking_server_are_never_wri
     import base64
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    before = snapshot(project)
     configs = {p: p.read_bytes() for p in (project / ".dvc").glob("config*")}
     with refusing_server() as (url, seen):
         try:
@@ -665,8 +666,11 @@ def test_credentials_sent_to_a_refusing_remote_and_tracking_server_are_never_wri
     assert f"team:{REMOTE_PASSWORD}" in sent, sent  # DVC's push
     assert f"team:{SECRETS['MLFLOW_TRACKING_PASSWORD']}" in sent, sent  # the stage's MLflow
     assert pushed.returncode != 0 and "Traceback" not in pushed.stdout + pushed.stderr
+    dvc_errors = [line for line in pushed.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(dvc_errors) == 1, pushed.stderr[-2000:]
     line = assert_refused_before_training(stage, f"MLflow tracking store {url}")
     record("security", "credentials sent to a refusing DVC remote and tracking server", line)
+    assert changed(before, snapshot(project)) == []
 
 
 def test_a_locked_sqlite_store_stops_the_stage_at_start(project: Path):

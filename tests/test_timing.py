@@ -41,7 +41,7 @@ def test_phases_accumulate_and_the_split_adds_up(tmp_path: Path, monkeypatch):
     assert figures["compute_fraction"] == pytest.approx(
         seconds["compute"] / figures["total_s"], abs=1e-3
     )
-    # The file DVC tracks and the metrics MLflow gets hold the same figures.
+    # The measured file and the metrics MLflow gets hold the same figures.
     assert json.loads((tmp_path / "reports/measured/timing/train_cnn.json").read_text()) == figures
     assert logged == [
         {

@@ -54,7 +54,7 @@ EVALUATE_REPORTS = Path("reports/evaluate")
 # The CSV files behind `dvc plots`, inside reports/evaluate/<name>/.
 PLOT_TABLES = ("confusion.csv", "adversarial.csv", "reliability.csv", "deletion.csv")
 
-# report, promote, and the time split every stage writes
+# report, promote
 REPORT_PAGE = Path("reports/index.html")
 MODEL_CARDS_DIR = Path("reports/model_cards")  # <family>.md, written by the report stage
 REPORT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "report.html.j2"

@@ -62,6 +62,10 @@ class Measured(Output):
     """Figures measured on the machine that ran the stage (reports/measured/): beside the JSON,
     the same figures as a script that the report page loads, as `measured["<stage>/<name>"]`."""
 
+    # sha256 of the Keras model file measured (models/<name>/model.keras): the page shows the
+    # figures only beside that model, not beside outputs checked out or pulled since.
+    model_digest: str
+
     def write(self, path: Path) -> None:
         figures = self.model_dump(by_alias=True)
         write_json(path, figures)

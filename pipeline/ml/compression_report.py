@@ -211,8 +211,16 @@ def headline_metrics(report: CompressReport) -> dict[str, float]:
 
 
 def speed_metrics(speed: CompressSpeed) -> dict[str, float]:
-    """`compress.<variant>.latency_ms_median` for each TFLite variant, beside its accuracy."""
+    """`compress.<variant>.latency_ms_median` for each TFLite variant, beside its accuracy, and
+    each speed target's measured value (`compress.target.<name>`), as this machine met it."""
     return {
-        f"compress.{variant}.latency_ms_median": s.latency_ms_median
-        for variant, s in speed.variants.items()
+        **{
+            f"compress.{variant}.latency_ms_median": s.latency_ms_median
+            for variant, s in speed.variants.items()
+        },
+        **{
+            f"compress.target.{name}": check.value
+            for name, check in speed.targets.items()
+            if check.value is not None
+        },
     }

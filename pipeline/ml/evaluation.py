@@ -305,6 +305,7 @@ def headline_metrics(report: EvaluateReport, speed: EvaluateSpeed) -> dict[str, 
         pgd = variant.transferred_attacks.pgd[robust]
         metrics[f"evaluate.{name}.transferred_pgd.eps_{robust}"] = pgd
     # Speed under its own names; LineageMetric.LATENCY (evaluate.latency_ms_batch1) among them.
-    metrics |= {f"evaluate.{k}": float(v) for k, v in speed.model_dump().items()}
+    figures = speed.model_dump(exclude={"model_digest"})
+    metrics |= {f"evaluate.{k}": float(v) for k, v in figures.items()}
     metrics[LineageMetric.SIZE] = float(report.model_bytes)
     return metrics

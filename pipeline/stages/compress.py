@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
-from pipeline.core.io import atomic_path, write_text
+from pipeline.core.io import atomic_path, file_digest, write_text
 from pipeline.core.outputs import CompressReport, CompressSpeed, unmet
 from pipeline.core.params import Params, flatten
 from pipeline.core.stage import open_run, start
@@ -84,7 +84,11 @@ def compress(
         variants,
         CompressReport.model_validate({**measured, "targets": targets}),
         CompressSpeed.model_validate(
-            {**speed, "targets": speed_checks(speed, params.targets.compress)}
+            {
+                **speed,
+                "targets": speed_checks(speed, params.targets.compress),
+                "model_digest": file_digest(keras_file),
+            }
         ),
     )
 
@@ -120,12 +124,10 @@ def log_compression(
     metrics = headline_metrics(report) | speed_metrics(speed)
     tracking.log_metrics(run, metrics)
     tracking.log_metrics(lineage_run, metrics)
-    reports = [
-        *(layout.compress_report(name, suffix) for suffix in REPORT_FILES),
-        layout.compress_speed(name),
-    ]
-    tracking.log_artifacts(run, reports, "compress")
-    tracking.log_artifacts(run, [layout.compressed_dir(name)], "compress")
+    reports = [layout.compress_report(name, suffix) for suffix in REPORT_FILES]
+    tracking.log_artifacts(run, [*reports, layout.compressed_dir(name)], "compress")
+    # Its own folder: the measured file has the report's name.
+    tracking.log_artifacts(run, [layout.compress_speed(name)], "compress/measured")
 
 
 def summary(name: str, report: CompressReport, speed: CompressSpeed) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.core import layout, tracking
 from pipeline.core.cli import run_stage
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, file_digest
 from pipeline.core.outputs import EvaluateReport, EvaluateSpeed, unmet
 from pipeline.core.params import Params, flatten
 from pipeline.core.stage import open_run, start
@@ -111,7 +111,13 @@ def write_outputs(
         for filename, text in plot_tables(report, y, predicted).items():
             (staging / filename).write_text(text, encoding="utf-8")
         write_figures(staging, name, report, grid)
-    timed = EvaluateSpeed.model_validate({**speed, "wall_time_s": time.perf_counter() - started})
+    timed = EvaluateSpeed.model_validate(
+        {
+            **speed,
+            "wall_time_s": time.perf_counter() - started,
+            "model_digest": file_digest(layout.model_file(name)),
+        }
+    )
     report.write(layout.evaluate_report(name))
     timed.write(layout.evaluate_speed(name))
     return timed
@@ -125,8 +131,11 @@ def log_evaluation(
     metrics = headline_metrics(report, speed)
     tracking.log_metrics(run, metrics)
     tracking.log_metrics(lineage_run, metrics)
-    outputs = [layout.evaluate_report(name), layout.evaluate_speed(name)]
-    tracking.log_artifacts(run, [*outputs, layout.evaluate_dir(name)], "evaluate")
+    tracking.log_artifacts(
+        run, [layout.evaluate_report(name), layout.evaluate_dir(name)], "evaluate"
+    )
+    # Its own folder: the measured file has the report's name.
+    tracking.log_artifacts(run, [layout.evaluate_speed(name)], "evaluate/measured")
 
 
 def summary(name: str, report: EvaluateReport, speed: EvaluateSpeed, epsilon: float) -> str:

@@ -1,13 +1,15 @@
-"""report: one self-contained page comparing every model, reports/index.html, and a model card
+"""report: one page comparing every model, reports/index.html, and a model card
 per family, reports/model_cards/<family>.md.
 
 Reads what the other stages wrote (metrics, figures, validation results, the manifest) and
-embeds every image, so the page opens from disk with no network. Strings from data, params and
+embeds every image, so the page opens from disk with no network and needs no other file but the
+measured speed below. Strings from data, params and
 runs are escaped by the template engine (Jinja2 autoescape).
 
 Both are DVC outputs, so they hold only what any machine computes alike: no time of day, no
 commit (the commit's dvc.lock records their hash), no speed. The page fills its speed columns in
-the browser from the figures the last run measured beside it (reports/measured/*/<name>.js).
+the browser from the figures the last run measured beside it (reports/measured/*/<name>.js),
+when they were measured on the model the page shows (its sha256).
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def model_row(name: str) -> dict[str, Any]:
     faithful, figures = evaluated.explanations.faithfulness, layout.evaluate_dir(name)
     return {
         "name": name,
+        "model_digest": file_digest(layout.model_file(name)),  # what the measured speed is of
         "accuracy": evaluated.clean.accuracy,
         "macro_f1": evaluated.clean.macro_f1,
         "ece": evaluated.clean.ece,

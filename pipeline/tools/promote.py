@@ -225,8 +225,10 @@ def describe(
         for key, value in metrics.items()
         if key.startswith("compress.") and key.endswith(".latency_ms_median")
     }
-    with contextlib.suppress(PipelineError):  # no compress report: the card alone
+    try:
         text += "\n" + speed_section(CompressReport.read(compress_report(family)), latency)
+    except PipelineError as error:
+        print(f"promote: {family}: no speed in the description ({error})")
     tracking.describe_version(name, version, text.rstrip("\n") + "\n", str(card))
 
 
