@@ -146,6 +146,8 @@ def test_explanations_are_complete_and_faithful(evaluated):
     faithful = explained["faithfulness"]
     assert faithful["images"] == 30 and len(faithful["deleted_fraction"]) == 9
     assert faithful["deletion_auc"][faithful["most_faithful"]] < faithful["deletion_auc_random"]
+    for method in ("vanilla_gradients", "smoothgrad", "occlusion", "grad_cam"):  # each, not only
+        assert faithful["deletion_auc"][method] < faithful["deletion_auc_random"], method
 
 
 def test_explanation_numbers_match_an_independent_computation(evaluated, cnn, digits):

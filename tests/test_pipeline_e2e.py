@@ -34,6 +34,10 @@ from tests.e2e import (
 
 pytestmark = pytest.mark.slow
 MODELS = ("fnn", "cnn", "lstm")
+# The tiny run's test accuracies, as measured in portable mode (the golden weights): bounds sit
+# 0.05 (18 of 360 images) below them, so a regression fails without a machine's rounding doing so.
+TINY_TEST_ACCURACY = {"fnn": 0.7917, "cnn": 0.4333, "lstm": 0.7389}
+ACCURACY_MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +194,8 @@ def test_repro_writes_every_declared_output(project: Path):
         }
         metrics = read(project / f"reports/train/{name}.json")
         assert 1 <= metrics["epochs_trained"] <= 4
-        assert 0.3 < metrics["test_accuracy"] <= 1.0, (name, metrics)  # chance is 0.1
+        bound = TINY_TEST_ACCURACY[name] - ACCURACY_MARGIN  # chance is 0.1
+        assert bound <= metrics["test_accuracy"] <= 1.0, (name, metrics)
         history = (folder / "history.csv").read_text().splitlines()
         assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss"
         assert len(history) == metrics["epochs_trained"] + 1
@@ -296,6 +301,8 @@ def test_gan_stage_writes_its_outputs_and_lineage(project: Path, monkeypatch):
     ):
         assert np.isfinite(metrics[key]), key
     assert 0 < metrics["frechet_distance_real_floor"] < metrics["frechet_distance"]
+    # Measured for the tiny GAN (3 epochs): floor 0.013, distance 2.87; bounds with room.
+    assert metrics["frechet_distance_real_floor"] <= 0.05 and metrics["frechet_distance"] <= 3.5
     run_id = lineage_id(project, "gan")
     run = mlflow_client(project).get_run(run_id)
     assert run.data.tags["judge_run_id"] == lineage_id(project, "cnn")
@@ -820,7 +827,7 @@ def test_the_champion_serves_digits_over_http(project: Path):
     assert accuracy == pytest.approx(
         read(project / "reports/evaluate/cnn.json")["clean"]["accuracy"]
     )
-    assert accuracy > 0.3
+    assert accuracy >= TINY_TEST_ACCURACY["cnn"] - ACCURACY_MARGIN
 
 
 def test_predict_asks_the_registered_champion_as_it_asks_the_local_model(

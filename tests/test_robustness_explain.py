@@ -124,9 +124,45 @@ def test_integrated_gradients_is_complete(cnn, digits):
 def test_maps_have_the_input_shape(cnn, digits):
     x, y = digits["test"][0][:4], digits["test"][1][:4]
     cam = grad_cam(cnn, x, y, "conv1_act")
-    assert cam.shape == (4, 8, 8) and cam.min() >= 0.0
+    assert cam.shape == (4, 8, 8) and cam.min() >= 0.0 and cam.max() > 0.0
     for method in (vanilla_gradients, smoothgrad, occlusion):
         assert method(cnn, x, y).shape == (4, 8, 8)
+
+
+def probability(model, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    return model(x, training=False).numpy()[np.arange(len(x)), classes].astype(np.float64)
+
+
+def test_vanilla_gradients_match_finite_differences_of_the_class_probability(cnn, digits):
+    x, y = digits["test"][0][:2], digits["test"][1][:2]
+    step = 1e-2
+    differences = np.zeros(x.shape[:3])
+    for row in range(8):
+        for column in range(8):
+            up, down = x.copy(), x.copy()
+            up[:, row, column] += step
+            down[:, row, column] -= step
+            slope = (probability(cnn, up, y) - probability(cnn, down, y)) / (2 * step)
+            differences[:, row, column] = np.abs(slope)
+    gradients = vanilla_gradients(cnn, x, y)
+    assert np.corrcoef(gradients.ravel(), differences.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(gradients, differences, atol=0.02 * differences.max())
+
+
+def test_smoothgrad_without_noise_is_the_plain_gradient(cnn, digits):
+    x, y = digits["test"][0][:4], digits["test"][1][:4]
+    np.testing.assert_allclose(
+        smoothgrad(cnn, x, y, samples=3, sigma=0.0), vanilla_gradients(cnn, x, y), rtol=1e-5
+    )
+    noisy = smoothgrad(cnn, x, y, samples=3, sigma=0.15)
+    assert not np.allclose(noisy, vanilla_gradients(cnn, x, y))  # the noise does change it
+
+
+def test_occlusion_by_one_patch_over_the_whole_image_is_the_drop_to_black(cnn, digits):
+    x, y = digits["test"][0][:4], digits["test"][1][:4]
+    drop = probability(cnn, x, y) - probability(cnn, np.zeros_like(x), y)
+    heat = occlusion(cnn, x, y, patch=8)
+    np.testing.assert_allclose(heat, np.broadcast_to(drop[:, None, None], heat.shape), atol=1e-6)
 
 
 def test_deletion_curve_of_an_oracle_beats_random():
