@@ -134,19 +134,24 @@ def probability(model, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def test_vanilla_gradients_match_finite_differences_of_the_class_probability(cnn, digits):
+    """Where the probability is smooth (its slopes to either side agree), the gradient is the
+    slope; ReLU and max-pooling kinks (flat background, tied maxima) are left out."""
     x, y = digits["test"][0][:2], digits["test"][1][:2]
-    step = 1e-2
-    differences = np.zeros(x.shape[:3])
+    step, centre = 1e-3, probability(cnn, x, y)
+    right, left = np.zeros(x.shape[:3]), np.zeros(x.shape[:3])
     for row in range(8):
         for column in range(8):
             up, down = x.copy(), x.copy()
             up[:, row, column] += step
             down[:, row, column] -= step
-            slope = (probability(cnn, up, y) - probability(cnn, down, y)) / (2 * step)
-            differences[:, row, column] = np.abs(slope)
+            right[:, row, column] = (probability(cnn, up, y) - centre) / step
+            left[:, row, column] = (centre - probability(cnn, down, y)) / step
     gradients = vanilla_gradients(cnn, x, y)
-    assert np.corrcoef(gradients.ravel(), differences.ravel())[0, 1] > 0.99
-    np.testing.assert_allclose(gradients, differences, atol=0.02 * differences.max())
+    scale = np.abs(right).max()
+    smooth = np.abs(right - left) <= 0.01 * scale
+    assert smooth.mean() >= 0.8, smooth.mean()
+    slopes = np.abs(right + left) / 2
+    np.testing.assert_allclose(gradients[smooth], slopes[smooth], atol=0.01 * scale)
 
 
 def test_smoothgrad_without_noise_is_the_plain_gradient(cnn, digits):
