@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.core.cli import first_line
 from pipeline.core.io import csv_text
+from pipeline.core.layout import compress_speed
 from pipeline.core.outputs import Check, Checks, CompressReport, CompressSpeed, UnsupportedVariant
 from pipeline.core.params import CompressTargets
 
@@ -190,7 +191,7 @@ def markdown_table(name: str, report: CompressReport) -> str:
     lines += [
         "",
         "TFLite models run in the LiteRT interpreter. Speed is measured, so it differs from run to "
-        f"run and machine to machine: `reports/measured/compress/{name}.json`, the report page "
+        f"run and machine to machine: `{compress_speed(name)}`, the report page "
         "and the MLflow run hold it.",
     ]
     return "\n".join(lines) + "\n"
