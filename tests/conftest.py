@@ -27,9 +27,15 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
     return path
 
 
-# Small models for the tests, spelled out: no dropout or batch norm unless a test asks, and the
-# LSTM's head as plain as the others' (params.yaml's defaults are sized for the real stages).
-PLAIN = {"dropout": 0.0, "batch_norm": False}
+# Small models for the tests, spelled out: no dropout or batch norm, no augmentation and no
+# adversarial examples unless a test asks, and the LSTM's head as plain as the others'
+# (params.yaml's defaults are sized and chosen for the real stages).
+PLAIN = {
+    "dropout": 0.0,
+    "batch_norm": False,
+    "augment": {"translation": 0.0, "rotation": 0.0},
+    "adversarial": {"method": "none"},
+}
 PLAIN_LSTM = {
     **PLAIN,
     "activation": "relu",

@@ -39,7 +39,8 @@ def lineage_id(project: Path, family: str, uri: str | None = None) -> str:
 
 # Small enough for CI's two cores, large enough to learn something.
 TINY_TRAIN = {
-    "common": {"epochs": 4, "batch_size": 32, "early_stopping_patience": 2},
+    # Eight epochs: the default FGSM examples and shifted images need twice plain training's four.
+    "common": {"epochs": 8, "batch_size": 32, "early_stopping_patience": 3},
     "fnn": {"hidden_units": [32]},
     # Batch norm's moving averages need more steps than a 4-epoch run has.
     "cnn": {"filters": [8, 16], "dense_units": [32], "batch_norm": False},
@@ -95,7 +96,7 @@ def declared_outputs() -> list[Path]:
     """Every output dvc.yaml declares (outs, metrics, plots), for every stage and family."""
     from pipeline.core import layout
 
-    stages = ("ingest", "validate", "baseline", "gan", "report")
+    stages = ("ingest", "validate", "baseline", "gan", "ensemble", "report")
     families = ("train", "compress", "evaluate")
     return [
         *(path for stage in stages for path in layout.stage_outputs(stage)),

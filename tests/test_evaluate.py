@@ -170,7 +170,10 @@ def test_explanation_numbers_match_an_independent_computation(evaluated, cnn, di
     errors = completeness(x[shown], y[shown], grid["integrated_gradients"])
     np.testing.assert_allclose(reported["grid_images"], errors, rtol=1e-4, atol=1e-6)
     chosen = explained_indices(y, QUICK.explain_per_class, QUICK.faithfulness_images)
-    maps, _ = integrated_gradients(cnn, x[chosen], y[chosen], steps=QUICK.ig_steps)
+    maps, _, steps = integrated_gradients(
+        cnn, x[chosen], y[chosen], steps=QUICK.ig_steps, bound=0.05, max_steps=QUICK.ig_max_steps
+    )
+    assert reported["steps_max"] == steps.max() and reported["steps_mean"] == steps.mean()
     every = completeness(x[chosen], y[chosen], maps)
     assert reported["max"] == pytest.approx(every.max(), rel=1e-4)
     assert reported["mean"] == pytest.approx(every.mean(), rel=1e-4)

@@ -58,7 +58,13 @@ def evaluated(accuracy: float = 0.9, classes: int = 3) -> EvaluateReport:
             "explanations": {
                 "methods": ["saliency"],
                 "grid_images": [0],
-                "ig_completeness_error": {"max": 0.01, "mean": 0.01, "grid_images": [0.01]},
+                "ig_completeness_error": {
+                    "max": 0.01,
+                    "mean": 0.01,
+                    "grid_images": [0.01],
+                    "steps_max": 64,
+                    "steps_mean": 64.0,
+                },
                 "faithfulness": {
                     "images": 5,
                     "deleted_fraction": [0.0, 1.0],

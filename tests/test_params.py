@@ -103,3 +103,23 @@ def test_unreadable_params_file_is_one_line(tmp_path: Path):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(PipelineError, match="binary.yaml: cannot read"):
         load_params(binary)
+
+
+def test_each_familys_augmentation_and_adversarial_training_are_what_the_search_chose():
+    """params.yaml's defaults are the candidates benchmarks/augment.py chose from its measured
+    seeds (reports/benchmarks/augment.json): a default changed by hand, without a new search,
+    fails here."""
+    import json
+
+    from pipeline.core.params import AdversarialParams, AugmentParams
+
+    search = json.loads((REPO / "reports/benchmarks/augment.json").read_text())
+    params = load_params(REPO / "params.yaml")
+    assert sorted(search["models"]) == ["cnn", "fnn", "lstm"]
+    for name, result in search["models"].items():
+        chosen = result["chosen_params"]
+        assert chosen == result["candidates"][result["chosen"]]["params"]
+        block = params.train.model(name)
+        assert block.augment == AugmentParams(**chosen.get("augment", {})), name
+        adversarial = AdversarialParams(**chosen.get("adversarial", {}))
+        assert block.adversarial == adversarial, name

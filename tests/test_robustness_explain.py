@@ -117,8 +117,24 @@ def test_corruptions():
 
 def test_integrated_gradients_is_complete(cnn, digits):
     x, y = digits["test"]
-    _, error = integrated_gradients(cnn, x[:8], y[:8], steps=256)
-    assert error.max() < 0.05
+    _, error, steps = integrated_gradients(cnn, x[:8], y[:8], steps=256)
+    assert error.max() < 0.05 and (steps == 256).all()  # no bound: the steps asked for
+
+
+def test_integrated_gradients_adds_steps_only_where_completeness_fails(cnn, digits):
+    """From 4 steps, each image's steps double until its completeness error is within 5%; an
+    image refined to n steps has exactly the n-step integral's map."""
+    x, y = digits["test"][0][:16], digits["test"][1][:16]
+    _, coarse_error, _ = integrated_gradients(cnn, x, y, steps=4)
+    maps, error, steps = integrated_gradients(cnn, x, y, steps=4, bound=0.05, max_steps=2048)
+    assert coarse_error.max() > 0.05  # 4 steps are too few for some
+    assert ((error <= 0.05) | (steps == 2048)).all()
+    assert (steps[coarse_error <= 0.05] == 4).all() and (steps[coarse_error > 0.05] > 4).all()
+    refined = int(np.argmax(steps))
+    one = slice(refined, refined + 1)
+    fixed, fixed_error, _ = integrated_gradients(cnn, x[one], y[one], steps=int(steps[refined]))
+    np.testing.assert_allclose(maps[refined], fixed[0], rtol=1e-3, atol=1e-5)
+    assert error[refined] == pytest.approx(fixed_error[0], rel=1e-2, abs=1e-5)
 
 
 def test_maps_have_the_input_shape(cnn, digits):

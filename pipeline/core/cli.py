@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
@@ -44,6 +45,12 @@ def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser
         "--params", default="params.yaml", help="params file (default: %(default)s)"
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Keras's per-epoch lines and every line the native libraries print "
+        "(or PIPELINE_VERBOSE=1)",
+    )
     return parser
 
 
@@ -63,8 +70,21 @@ def run_stage(stage: str, main: Callable[[Sequence[str] | None], None]) -> None:
     Exit codes: 0 success, 1 expected failure (PipelineError, or a file that cannot be read or
     written), 2 unexpected error, 130 interrupt, 143 SIGTERM.
     """
+    from pipeline.core import console
+
     argv = sys.argv[1:]
     signal.signal(signal.SIGTERM, _terminate)
+    if not Path("dvc.yaml").is_file():  # a tool run outside a project: no log folder to keep
+        _run(stage, main, argv)
+        return
+    try:
+        with console.filtered_stderr(console.log_file(stage, argv), console.verbose(argv)):
+            _run(stage, main, argv)
+    except KeyboardInterrupt as error:  # after the stage ended, while its log was being closed
+        sys.exit(143 if isinstance(error, Terminated) else 130)
+
+
+def _run(stage: str, main: Callable[[Sequence[str] | None], None], argv: list[str]) -> None:
     try:
         main(argv)
     except PipelineError as error:

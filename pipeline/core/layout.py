@@ -54,6 +54,9 @@ EVALUATE_REPORTS = Path("reports/evaluate")
 # The CSV files behind `dvc plots`, inside reports/evaluate/<name>/.
 PLOT_TABLES = ("confusion.csv", "adversarial.csv", "reliability.csv", "deletion.csv")
 
+# ensemble -> reports/ensemble.json: the mean of the families' probabilities
+ENSEMBLE_REPORT = Path("reports/ensemble.json")
+
 # report, promote
 REPORT_PAGE = Path("reports/index.html")
 MODEL_CARDS_DIR = Path("reports/model_cards")  # <family>.md, written by the report stage
@@ -65,6 +68,10 @@ PROMOTION = Path("reports/promotion.json")
 # `dvc.lock` and the committed metrics then hold only what any machine computes alike.
 MEASURED_DIR = Path("reports/measured")
 TIMING_DIR = MEASURED_DIR / "timing"
+DAG_PICTURE = MEASURED_DIR / "dag.svg"  # the DAG, each stage with its last run: `summary`
+
+# Every line a stage printed, the console's known-harmless noise included (pipeline.core.console).
+LOGS_DIR = Path("logs")
 
 
 def model_dir(name: str) -> Path:
@@ -151,6 +158,7 @@ def stage_outputs(stage: str, name: str | None = None) -> list[Path]:
         "validate": [VALIDATION_RESULTS, VALIDATION_SUMMARY],
         "gan": [GAN_DIR, GAN_METRICS],
         "baseline": [BASELINE_DIR, *(baseline_report(b) for b in BASELINE_NAMES)],
+        "ensemble": [ENSEMBLE_REPORT],
         "report": [REPORT_PAGE, MODEL_CARDS_DIR],
     }
     if name is not None:

@@ -296,6 +296,9 @@ class CompletenessError(Output):
     max: float
     mean: float
     grid_images: list[float]
+    # Integrated Gradients' steps per image, doubled until the error met its bound.
+    steps_max: int
+    steps_mean: float
 
 
 class Faithfulness(Output):
@@ -337,6 +340,26 @@ class EvaluateReport(Output):
 def mean_accuracy(curves: Curves) -> float:
     """The mean over every severity of every curve."""
     return float(np.mean([v for curve in curves.values() for v in curve.values()]))
+
+
+class EnsembleReport(Output):
+    """reports/ensemble.json: the mean of the families' probabilities, measured as evaluate
+    measures each of them, and against the attacks crafted on each member alone."""
+
+    made_by: ClassVar[str] = "the ensemble stage (`dvc repro ensemble`)"
+    members: list[str]
+    member_accuracy: dict[str, float]
+    test_images: int
+    sweep_images: int
+    clean: Clean
+    adversarial: Adversarial  # white-box: the gradients of the averaged probabilities
+    transferred_attacks: dict[str, TransferredAttacks]  # member -> its attacks on the ensemble
+    corruptions: Curves
+    targets: Checks
+
+    @property
+    def corruption_accuracy_mean(self) -> float:
+        return mean_accuracy(self.corruptions)
 
 
 class EvaluateSpeed(Measured):

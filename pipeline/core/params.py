@@ -132,9 +132,16 @@ class LayerParams(Strict):
     augment: AugmentParams = AugmentParams()
 
 
+# Each family's defaults as benchmarks/augment.py chose them over three seeds: FGSM examples in
+# every batch and shifted (the LSTM also rotated) training images (reports/benchmarks/augment.json).
+FGSM_TRAINING = AdversarialParams(method="fgsm", epsilon=0.1, weight=0.5)
+
+
 class FNNParams(LayerParams):
     hidden_units: list[Units] = Field(default_factory=lambda: [256, 128], min_length=1)
     dropout: float = Field(0.2, ge=0, lt=1)
+    adversarial: AdversarialParams = FGSM_TRAINING
+    augment: AugmentParams = AugmentParams(translation=0.15)
 
 
 class CNNParams(LayerParams):
@@ -143,6 +150,8 @@ class CNNParams(LayerParams):
     dense_units: list[Units] = Field(default_factory=lambda: [128])
     dropout: float = Field(0.25, ge=0, lt=1)
     batch_norm: bool = True
+    adversarial: AdversarialParams = FGSM_TRAINING
+    augment: AugmentParams = AugmentParams(translation=0.15)
 
 
 class LSTMParams(LayerParams):
@@ -157,6 +166,8 @@ class LSTMParams(LayerParams):
     initializer: Initializer = "glorot_uniform"
     dropout: float = Field(0.2, ge=0, lt=1)
     optimizer: OptimizerParams = OptimizerParams(learning_rate=2e-3)
+    adversarial: AdversarialParams = FGSM_TRAINING
+    augment: AugmentParams = AugmentParams(translation=0.15, rotation=10.0)
 
 
 class TrainCommon(Strict):
@@ -270,7 +281,10 @@ class EvaluateParams(Strict):
     max_images: int = Field(2000, ge=10)
     explain_per_class: int = Field(1, ge=1, le=20)  # the first test images of each class
     faithfulness_images: int = Field(100, ge=1)  # test images the deletion curves run on
-    ig_steps: int = Field(256, ge=2, le=4096)  # 128 left 11% completeness error here
+    # Integrated Gradients: steps to start with, doubled for each image whose completeness error
+    # is above targets.evaluate.max_ig_completeness_error, up to ig_max_steps.
+    ig_steps: int = Field(64, ge=2, le=4096)
+    ig_max_steps: int = Field(4096, ge=2, le=65536)
     smoothgrad_samples: int = Field(25, ge=1, le=1000)
     smoothgrad_sigma: float = Field(0.15, gt=0, le=1)
     occlusion_patch: int = Field(2, ge=1, le=64)
@@ -285,6 +299,8 @@ class EvaluateParams(Strict):
             raise ValueError(f"robust_epsilon {self.robust_epsilon} is not one of epsilons")
         if len(set(self.epsilons)) != len(self.epsilons):
             raise ValueError("epsilons has duplicates")
+        if self.ig_max_steps < self.ig_steps:
+            raise ValueError(f"ig_max_steps {self.ig_max_steps} is below ig_steps {self.ig_steps}")
         return self
 
 

@@ -94,6 +94,8 @@ class StageTimer:
             # Stages that need no TensorFlow must not pay its import: checked by the tests.
             "tensorflow_imported": "tensorflow" in sys.modules,
             "mlflow_imported": "mlflow" in sys.modules,
+            # When it ended, by the wall clock: how the summary tells a stage that ran.
+            "finished_at": round(time.time(), 3),
         }
 
     def metrics(self, figures: dict[str, Any]) -> dict[str, float]:

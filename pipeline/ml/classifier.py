@@ -62,6 +62,7 @@ def train_classifier(
     num_classes: int,
     checkpoints: Path | None = None,
     chief: bool = True,
+    progress: str | None = None,
 ) -> tuple[Any, dict[str, list[float]], TrainMetrics]:
     """Build, fit and score a classifier; with `checkpoints`, resume an interrupted fit.
     Returns (model, history, metrics); the model is a float32 copy outside any strategy,
@@ -110,6 +111,7 @@ def train_classifier(
         num_classes,
         callbacks=resumable.callbacks(log=chief) if resumable is not None else None,
         augment=augmenter(block.augment, params.seed) if block.augment.active else None,
+        progress=progress,
     )
     if resumable is not None and chief:
         history = resumable.history()

@@ -107,9 +107,15 @@ def explained_indices(y: np.ndarray, per_class: int, total: int) -> np.ndarray:
 
 
 def attributions(
-    model: Any, x: np.ndarray, classes: np.ndarray, p: EvaluateParams, seed: int
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every method's H×W map per image for `classes`, and IG's completeness error per image."""
+    model: Any,
+    x: np.ndarray,
+    classes: np.ndarray,
+    p: EvaluateParams,
+    seed: int,
+    completeness_bound: float | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every method's H×W map per image for `classes`, and IG's completeness error and steps
+    per image (steps added until the error is within `completeness_bound`)."""
     from pipeline.ml.explain import (
         grad_cam,
         grad_cam_layer,
@@ -119,7 +125,9 @@ def attributions(
         vanilla_gradients,
     )
 
-    integrated, completeness = integrated_gradients(model, x, classes, steps=p.ig_steps)
+    integrated, completeness, steps = integrated_gradients(
+        model, x, classes, steps=p.ig_steps, bound=completeness_bound, max_steps=p.ig_max_steps
+    )
     maps = {
         "vanilla_gradients": vanilla_gradients(model, x, classes),
         "smoothgrad": smoothgrad(model, x, classes, p.smoothgrad_samples, p.smoothgrad_sigma, seed),
@@ -129,7 +137,7 @@ def attributions(
     layer = grad_cam_layer(model)
     if layer is not None:
         maps["grad_cam"] = grad_cam(model, x, classes, layer)
-    return maps, completeness
+    return maps, completeness, steps
 
 
 def faithfulness(
@@ -249,7 +257,9 @@ def evaluate_model(
             },
         }
     chosen = explained_indices(y, p.explain_per_class, p.faithfulness_images)
-    maps, completeness = attributions(model, x[chosen], y[chosen], p, seed)
+    targets = targets or EvaluateTargets()
+    bound = targets.max_ig_completeness_error
+    maps, completeness, steps = attributions(model, x[chosen], y[chosen], p, seed, bound)
     grid = min(len(chosen), p.explain_per_class * min(len(np.unique(y)), GRID_CLASSES))
     report["explanations"] = {
         "methods": list(maps),
@@ -258,10 +268,12 @@ def evaluate_model(
             "max": float(completeness.max()),
             "mean": float(completeness.mean()),
             "grid_images": completeness[:grid].tolist(),
+            "steps_max": int(steps.max()),
+            "steps_mean": float(steps.mean()),
         },
         "faithfulness": faithfulness(model, x[chosen], y[chosen], maps, p, seed),
     }
-    report["targets"] = target_checks(report, targets or EvaluateTargets())
+    report["targets"] = target_checks(report, targets)
     return report, {"images": x[chosen[:grid]], **{m: a[:grid] for m, a in maps.items()}}
 
 

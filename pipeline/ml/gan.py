@@ -27,6 +27,7 @@ from pipeline.ml.gan_metrics import agreement, balanced_labels, coverage, freche
 from pipeline.ml.models import build_classifier, build_discriminator, build_generator
 from pipeline.ml.training import (
     compile_classifier,
+    console_progress,
     epochs_within,
     fit_classifier,
     make_deterministic,
@@ -166,7 +167,8 @@ def train_gan(
     if epochs < p.epochs:
         print(f"gan: {epochs} epochs of {p.epochs}: gan.max_steps {p.max_steps} reached")
     grids = SampleGrids(samples, p.sample_every, epochs, num_classes, seed)
-    history = gan.fit(data, epochs=epochs, callbacks=[grids], verbose=2)
+    verbose, shown = console_progress("gan", epochs)
+    history = gan.fit(data, epochs=epochs, callbacks=[grids, *shown], verbose=verbose)
     losses = {k: [float(v) for v in values] for k, values in history.history.items()}
     return gan.generator, losses
 

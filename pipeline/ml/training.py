@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from pipeline.core import console
 from pipeline.core.params import AdversarialParams, AugmentParams, OptimizerParams, TrainCommon
 from pipeline.ml.models import build_optimizer
 from pipeline.ml.robustness import linf_attack
@@ -154,6 +156,61 @@ def input_pipeline(
     return data.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
+class Progress(keras.callbacks.Callback):
+    """A training's progress as one line (`console.progress_text`): on a terminal, redrawn in
+    place after every epoch; elsewhere printed at each tenth of the epochs, and once more where
+    early stopping ends the training between two of them."""
+
+    def __init__(self, label: str, epochs: int, stream: IO[str] | None = None) -> None:
+        super().__init__()
+        self.label, self.epochs = label, epochs
+        self.stream = stream if stream is not None else sys.stdout
+        self.interactive = self.stream.isatty()
+        self.milestones = console.milestones(epochs)
+        self.started = time.monotonic()
+        self.epoch = 0
+        self.first_epoch: int | None = None  # where this process began: a resumed run skips some
+        self.logs: dict[str, float] = {}
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch, self.logs = epoch + 1, {k: float(v) for k, v in (logs or {}).items()}
+        if self.interactive:
+            self.stream.write("\r" + self.text() + "\x1b[K")  # erase what a longer line left
+            self.stream.flush()
+        elif self.epoch in self.milestones:
+            self.stream.write(self.text() + "\n")
+            self.stream.flush()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.interactive:
+            self.stream.write("\r" + self.text(done=True) + "\x1b[K\n")
+        elif self.epoch not in self.milestones:
+            self.stream.write(self.text(done=True) + "\n")
+        self.stream.flush()
+
+    def text(self, done: bool = False) -> str:
+        elapsed = time.monotonic() - self.started
+        timed = self.epoch - (self.first_epoch or 0)  # epochs this process trained
+        return console.progress_text(
+            self.label, self.epoch, self.epochs, self.logs, elapsed, done, timed=timed
+        )
+
+
+def console_progress(label: str, epochs: int) -> tuple[int, list[keras.callbacks.Callback]]:
+    """Keras's verbosity and the callbacks that show a training on the console: its `Progress`
+    line, or Keras's own per-epoch lines when asked for (`console.verbose`)."""
+    if console.verbose():
+        return 2, []
+    return 0, [Progress(label, epochs)]
+
+
 def fit_classifier(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -161,11 +218,13 @@ def fit_classifier(
     common: TrainCommon,
     num_classes: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
-    verbose: int = 2,
+    verbose: int = 0,
     augment: keras.Sequential | None = None,
+    progress: str | None = None,
 ) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss (best weights restored); return the history.
-    `augment` changes the training batches only (`augmenter`).
+    `augment` changes the training batches only (`augmenter`); with a `progress` label the
+    console follows the training (`console_progress`), else it runs with Keras's `verbose`.
 
     `common.batch_size` is per replica: under a tf.distribute strategy with N replicas each
     step takes N × batch_size examples."""
@@ -175,13 +234,16 @@ def fit_classifier(
         restore_best_weights=True,
     )
     batch = common.batch_size * model.distribute_strategy.num_replicas_in_sync
+    shown: list[keras.callbacks.Callback] = []
+    if progress is not None:
+        verbose, shown = console_progress(progress, common.epochs)
     history = model.fit(
         input_pipeline(
             train[0], encode_labels(train[1], common, num_classes), batch, True, augment
         ),
         validation_data=input_pipeline(val[0], encode_labels(val[1], common, num_classes), batch),
         epochs=common.epochs,
-        callbacks=[stop, *(callbacks or [])],
+        callbacks=[stop, *(callbacks or []), *shown],
         verbose=verbose,
     )
     return {key: [float(v) for v in values] for key, values in history.history.items()}

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TypedDict
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `pipeline` package this server runs
-WARM_STAGES = ("train", "gan", "compress", "evaluate")  # the stages that import TensorFlow
+# The stages that import TensorFlow.
+WARM_STAGES = ("train", "gan", "compress", "evaluate", "ensemble")
 HEADER = struct.Struct("!I")
 # Environment variables that differ between calls a server should serve alike, and that nothing
 # reads while importing: every other variable is part of the key, as any may be read at import
@@ -48,6 +49,7 @@ VOLATILE_ENV = frozenset(
         "PIPELINE_WARM",
         "PIPELINE_WARM_IDLE",
         "PIPELINE_DEBUG",
+        "PIPELINE_VERBOSE",
         "PIPELINE_BACKUP_EVERY_S",
         # Set by pytest for each test and phase.
         "PYTEST_CURRENT_TEST",

@@ -28,6 +28,7 @@ from pipeline.core.model_card import CardSources, ModelCard, card_markdown, mode
 from pipeline.core.outputs import (
     BaselineReport,
     CompressReport,
+    EnsembleReport,
     EvaluateReport,
     GanMetrics,
     ModelInputs,
@@ -197,6 +198,28 @@ def baseline_row(name: str) -> dict[str, Any]:
     }
 
 
+def ensemble_row() -> dict[str, Any]:
+    """The Quality table's row for the ensemble, and its attacks table: white-box, and the
+    attacks crafted on each member alone."""
+    report = EnsembleReport.read(layout.ENSEMBLE_REPORT)
+    return {
+        "name": "ensemble",
+        "description": f"mean of the probabilities of {', '.join(report.members)}",
+        "accuracy": report.clean.accuracy,
+        "macro_f1": report.clean.macro_f1,
+        "ece": report.clean.ece,
+        "robust_accuracy": report.adversarial.robust_accuracy,
+        "corruption_accuracy": report.corruption_accuracy_mean,
+        "fgsm": report.adversarial.fgsm,
+        "pgd": report.adversarial.pgd,
+        "transferred": {
+            name: {"fgsm": attacks.fgsm, "pgd": attacks.pgd}
+            for name, attacks in report.transferred_attacks.items()
+        },
+        "unmet_targets": unmet(report.targets),
+    }
+
+
 def latest_sample_grid(folder: Path) -> tuple[str, str]:
     grids = sorted(folder.glob("epoch_*.png"))
     if not grids:
@@ -213,11 +236,16 @@ def context(params: Params) -> dict[str, Any]:
         "large_batch": params.evaluate.throughput_batch,
         "scripts": [
             layout.measured_script(path).relative_to(layout.REPORT_PAGE.parent).as_posix()
-            for name in layout.MODEL_NAMES
-            for path in (layout.evaluate_speed(name), layout.compress_speed(name))
+            for path in (
+                *(layout.evaluate_speed(name) for name in layout.MODEL_NAMES),
+                *(layout.compress_speed(name) for name in layout.MODEL_NAMES),
+                layout.DAG_PICTURE,
+            )
         ],
+        "dag_key": layout.measured_key(layout.DAG_PICTURE),
         "models": [model_row(name) for name in layout.MODEL_NAMES],
         "baselines": [baseline_row(name) for name in layout.BASELINE_NAMES],
+        "ensemble": ensemble_row(),
         "cards": [card_for(name, params, manifest, validation) for name in layout.MODEL_NAMES],
         "learning_curves": learning_curves_png(
             {name: history(layout.history_file(name)) for name in layout.MODEL_NAMES}

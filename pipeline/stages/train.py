@@ -41,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         run = open_run(stack, timer, opening, lineage_params(params, name))
         with timer.phase("compute"):
             trained = train_classifier(
-                name, params, prepared.splits, prepared.num_classes, checkpoints
+                name,
+                params,
+                prepared.splits,
+                prepared.num_classes,
+                checkpoints,
+                progress=f"train {name}",
             )
         with timer.phase("outputs"):  # first: a logging failure must not lose the model
             write_outputs(name, *trained, ModelInputs.from_manifest(prepared.manifest))
@@ -81,7 +86,10 @@ def train_as_worker(name: str, params: Params, prepared: Prepared) -> None:
     """A multi-worker cluster's other worker: it trains; the chief records."""
     task_type, index, size = cluster_task(params.train.common.distribute)
     checkpoints = checkpoint_dir(name, params, prepared.content_hash)
-    train_classifier(name, params, prepared.splits, prepared.num_classes, checkpoints, False)
+    label = f"train {name} ({task_type} {index})"
+    train_classifier(
+        name, params, prepared.splits, prepared.num_classes, checkpoints, False, progress=label
+    )
     print(f"train: {name}: {task_type} {index} of {size} workers done; the chief writes")
 
 
