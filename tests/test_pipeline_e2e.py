@@ -293,7 +293,7 @@ def test_three_mlflow_runs_hold_each_models_lineage(project: Path, monkeypatch):
         metrics = read(project / f"reports/train/{name}.json")
         assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
         assert run.data.params["model.optimizer.name"] == "adam"
-        assert run.data.params["train.epochs"] == "4"
+        assert run.data.params["train.epochs"] == str(TINY_TRAIN["common"]["epochs"])
         assert run.data.params["data.source"] == "digits"
         tags = run.data.tags
         assert tags["dvc_stage"] == f"train@{name}"
