@@ -91,7 +91,7 @@ def test_every_stage_runs_on_colour_photos_with_named_classes(project: Path):
         assert [c["name"] for c in report["clean"]["per_class"]] == list(CLASSES)
         compressed = read(project / f"reports/compress/{name}.json")["variants"]
         assert compressed["int8"]["supported"] is True, (name, compressed["int8"])
-    # The colour separates the classes: even four epochs learn it (chance is 1/3).
+    # The colour separates the classes: the tiny run's epochs learn it (chance is 1/3).
     assert read(project / "reports/evaluate/cnn.json")["clean"]["accuracy"] >= 0.9
 
 
