@@ -17,7 +17,7 @@ from pipeline.core.cli import PipelineError
 from pipeline.core.params import parse_params
 from pipeline.ml.distribute import cluster_task, is_chief
 from tests.conftest import PLAIN, REPO, make_prepared, synthetic_images, write_idx
-from tests.e2e import TINY_TRAIN, copy_project, run, update_params
+from tests.e2e import TINY_PLAIN_TRAIN, copy_project, run, update_params
 
 
 def test_input_pipeline_batches_every_example_once_per_epoch_reshuffled():
@@ -109,7 +109,9 @@ MIRRORED = textwrap.dedent(
     results = {}
     for kind in ("none", "mirrored"):
         common = {"epochs": 60, "batch_size": 32, "early_stopping_patience": 8, "distribute": kind}
-        fnn = {"hidden_units": [64], "dropout": 0.0}
+        # The default FGSM-attacked batches stay (the attack's loss must work under a
+        # strategy); shifted ones go, which cost this 64-unit FNN 0.07 of test accuracy.
+        fnn = {"hidden_units": [64], "dropout": 0.0, "augment": {"translation": 0.0}}
         params = parse_params({"train": {"common": common, "fnn": fnn}})
         results[kind] = train_classifier("fnn", params, prepared.splits, 10)[2].model_dump()
     print("RESULTS", json.dumps(results))
@@ -159,12 +161,12 @@ def test_two_workers_on_this_machine_train_on_mnist_shaped_files(tmp_path: Path)
 
     project = copy_project(tmp_path)
     write_mnist_shaped_idx(project / "data/mnist")
-    common = {**TINY_TRAIN["common"], "distribute": "multi_worker"}
+    common = {**TINY_PLAIN_TRAIN["common"], "distribute": "multi_worker"}
     update_params(
         project,
         {
             "data": {"source": "idx", "path": "data/mnist"},
-            "train": {**TINY_TRAIN, "common": common},
+            "train": {**TINY_PLAIN_TRAIN, "common": common},
         },
     )
     prepared = run(project, "dvc", "repro", "validate")

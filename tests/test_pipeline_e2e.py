@@ -19,6 +19,7 @@ import pytest
 from pipeline.core.provenance import processor
 from tests.conftest import REPO
 from tests.e2e import (
+    PLAIN_FAMILY,
     TINY_BASELINE,
     TINY_COMPRESS,
     TINY_EVALUATE,
@@ -1076,7 +1077,8 @@ def test_a_stage_shows_one_progress_line_and_no_native_noise_on_a_terminal_or_of
     copy = tmp_path / "project"
     shutil.copytree(project, copy, symlinks=True, ignore=shutil.ignore_patterns("logs", "cache"))
     params = yaml_load(copy / "params.yaml")
-    merge(params, {"train": {"common": {"epochs": 20, "early_stopping_patience": 20}}})
+    common = {"epochs": 20, "early_stopping_patience": 20}
+    merge(params, {"train": {"common": common, "fnn": PLAIN_FAMILY}})  # the console, not FGSM
     (copy / "console.yaml").write_text(yaml_dump(params))
     site = tmp_path / "site"
     site.mkdir()

@@ -28,7 +28,7 @@ import yaml
 from tests.conftest import REPO
 from tests.e2e import (
     TINY_BASELINE,
-    TINY_TRAIN,
+    TINY_PLAIN_TRAIN,
     commit,
     copy_project,
     run,
@@ -107,7 +107,7 @@ def project(tmp_path_factory) -> Iterator[Path]:
         for key, value in SECRETS.items():
             patch.setenv(key, value)
         root = copy_project(tmp_path_factory.mktemp("reliability"))
-        update_params(root, {"train": TINY_TRAIN, "baseline": TINY_BASELINE})
+        update_params(root, {"train": TINY_PLAIN_TRAIN, "baseline": TINY_BASELINE})
         commit(root, "tiny params")
         result = sh(root, "dvc", "repro", "train")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -30,7 +30,7 @@ from tests.e2e import (
     TINY_BASELINE,
     TINY_COMPRESS,
     TINY_EVALUATE,
-    TINY_TRAIN,
+    TINY_PLAIN_TRAIN,
     commit,
     copy_project,
     free_port,
@@ -159,7 +159,7 @@ def read(path: Path) -> dict:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = copy_project(tmp_path / "project")
-    tiny = {"train": TINY_TRAIN, "compress": TINY_COMPRESS, "evaluate": TINY_EVALUATE}
+    tiny = {"train": TINY_PLAIN_TRAIN, "compress": TINY_COMPRESS, "evaluate": TINY_EVALUATE}
     update_params(root, {**tiny, "baseline": TINY_BASELINE})
     commit(root, "tiny params")
     # `make tracking-server` in the copy uses this checkout's environment.
@@ -203,7 +203,9 @@ def check_lineage_over_rest(project: Path, base: str) -> None:
     run = rest(base, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "fnn"
     params = as_dict(run["data"]["params"])
-    assert params["model.optimizer.name"] == "adam" and params["train.epochs"] == "4"
+    assert params["model.optimizer.name"] == "adam" and params["train.epochs"] == str(
+        TINY_PLAIN_TRAIN["common"]["epochs"]
+    )
     assert params["data.source"] == "digits"
     assert as_dict(run["data"]["tags"])["dvc_stage"] == "train@fnn"
     # The splits it trained and was tested on, as MLflow datasets named by the prepared data.

@@ -66,6 +66,13 @@ def compile_classifier(model: keras.Model, optimizer: OptimizerParams, common: T
     model.compile(optimizer=build_optimizer(optimizer), loss=loss, metrics=["accuracy"])
 
 
+def per_example(loss: keras.losses.Loss) -> keras.losses.Loss:
+    """`loss` (label smoothing and all) without its reduction: one value per image. Under
+    tf.distribute a reduced loss is allowed only inside compile; the attack needs only each
+    image's own gradient, which reducing would merely scale."""
+    return type(loss).from_config({**loss.get_config(), "reduction": keras.losses.Reduction.NONE})
+
+
 class AdversarialTraining(keras.Model):
     """Trains `classifier` on clean and attacked images together: each batch's loss is
     (1 - weight)·L(x) + weight·L(x_adv), x_adv crafted by FGSM or PGD against the current
@@ -83,11 +90,12 @@ class AdversarialTraining(keras.Model):
         return self.classifier(x, training=training)
 
     def attack(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        loss = per_example(self.loss)
         if not self.random_start:
-            return linf_attack(self.classifier, x, y, self.epsilon, 1, self.epsilon, loss=self.loss)
+            return linf_attack(self.classifier, x, y, self.epsilon, 1, self.epsilon, loss=loss)
         start = tf.random.uniform(tf.shape(x), -self.epsilon, self.epsilon)
         step = 2.5 * self.epsilon / self.steps
-        return linf_attack(self.classifier, x, y, self.epsilon, self.steps, step, start, self.loss)
+        return linf_attack(self.classifier, x, y, self.epsilon, self.steps, step, start, loss)
 
     def train_step(self, data: tuple[tf.Tensor, tf.Tensor]) -> dict[str, tf.Tensor]:
         x, y = data
@@ -108,8 +116,13 @@ class AdversarialTraining(keras.Model):
 
 
 def trainer_for(model: keras.Model, p: AdversarialParams) -> keras.Model:
-    """The model `fit` trains: the classifier itself, or its adversarial-training wrapper."""
-    return model if p.method == "none" else AdversarialTraining(model, p)
+    """The model `fit` trains: the classifier itself, or its adversarial-training wrapper, built
+    on the classifier's input shape (so that backups know its variables before `fit`)."""
+    if p.method == "none":
+        return model
+    wrapper = AdversarialTraining(model, p)
+    wrapper.build(model.input_shape)
+    return wrapper
 
 
 def augmenter(p: AugmentParams, seed: int) -> keras.Sequential:
