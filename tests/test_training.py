@@ -64,16 +64,19 @@ def test_history_csv_has_one_row_per_epoch():
     assert text.splitlines() == ["epoch,loss,val_loss", "1,1,1.1", "2,0.5,0.7"]
 
 
-def resumable_fit(folder, epochs: int, callbacks: list, every_s: float = 0.0):
-    """A tiny FNN fit for `epochs` epochs (no early stopping) with Resumable's callbacks."""
-    from pipeline.ml.training import Resumable
+def resumable_fit(folder, epochs: int, callbacks: list, every_s: float = 0.0, method="none"):
+    """A tiny FNN fit for `epochs` epochs (no early stopping) with Resumable's callbacks, on
+    clean batches or in the wrapper that adds attacked ones (`method` fgsm or pgd)."""
+    from pipeline.ml.training import Resumable, trainer_for
 
     common = {**TINY["common"], "epochs": epochs, "early_stopping_patience": epochs}
-    params = parse_params({"seed": 0, "train": {**TINY, "common": common}})
+    fnn = {**TINY["fnn"], "adversarial": {"method": method}}
+    params = parse_params({"seed": 0, "train": {**TINY, "common": common, "fnn": fnn}})
     x, y = synthetic_images(n_per_class=10)
     data = make_prepared((x / 255.0).astype(np.float32)[..., None], y)
     make_deterministic(0)
-    model = build_classifier("fnn", params.train, (8, 8, 1), 10)
+    classifier = build_classifier("fnn", params.train, (8, 8, 1), 10)
+    model = trainer_for(classifier, params.train.fnn.adversarial)
     compile_classifier(model, params.train.fnn.optimizer, params.train.common)
     resumable = Resumable(folder, every_s)
     fit_classifier(
@@ -128,11 +131,13 @@ def test_backups_are_taken_once_every_interval_not_every_epoch(
     assert backups == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("method", ["none", "fgsm"])
 def test_a_resumed_fit_reruns_the_epochs_logged_after_its_last_backup(
-    tmp_path, four_seconds_an_epoch, backups
+    tmp_path, four_seconds_an_epoch, backups, method
 ):
     """Backed up after epoch 3 (at 12 s), killed during epoch 5's end: the rerun resumes after
-    epoch 3, and the history holds each of the 7 epochs once."""
+    epoch 3, and the history holds each of the 7 epochs once; so does adversarial training's
+    wrapper."""
     import tf_keras as keras
 
     from pipeline.ml.training import Resumable
@@ -151,6 +156,7 @@ def test_a_resumed_fit_reruns_the_epochs_logged_after_its_last_backup(
             7,
             [four_seconds_an_epoch, keras.callbacks.LambdaCallback(on_epoch_end=kill)],
             every_s=10.0,
+            method=method,
         )
     assert backups == [2]
     interrupted = Resumable(folder, every_s=10.0)
@@ -162,6 +168,7 @@ def test_a_resumed_fit_reruns_the_epochs_logged_after_its_last_backup(
         7,
         [keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(epoch))],
         every_s=10.0,
+        method=method,
     )
     assert started == [3, 4, 5, 6]  # 0-based: from the first epoch the backup lacked
     history = Resumable(folder).history()
