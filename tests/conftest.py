@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +79,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker gets a temporary folder of its own (TMPDIR, which its
+    subprocesses inherit): its warm servers, which a test may count or stop, are then its own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return
+    folder = Path(tempfile.gettempdir()) / f"pipeline-tests-{os.getuid()}-{worker}"
+    folder.mkdir(exist_ok=True)
+    if folder.is_symlink() or folder.lstat().st_uid != os.getuid():
+        raise pytest.UsageError(f"{folder} is not a folder of this user")
+    # Traversable by others, as /tmp is: the PostgreSQL test hands a folder in it to `postgres`.
+    folder.chmod(0o755)
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
