@@ -81,7 +81,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     return report
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def pytest_configure() -> None:
     """Under pytest-xdist, each worker gets a temporary folder of its own (TMPDIR, which its
     subprocesses inherit): its warm servers, which a test may count or stop, are then its own."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
