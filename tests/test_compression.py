@@ -11,6 +11,7 @@ from pipeline.ml.compression import (
     fine_tune_epochs,
     make_variants,
     prune,
+    quantization_aware,
     to_tflite,
     weight_sparsity,
 )
@@ -151,6 +152,49 @@ def test_batch_norm_folding_keeps_the_function_and_the_zeros(digits_prepared):
         folded.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5
     )
     assert abs(weight_sparsity(folded) - weight_sparsity(pruned)) < 1e-6
+
+
+def quantized_kernels(model) -> set[str]:
+    """Names of the wrapped layers whose kernel QAT fake-quantizes (it gets a trained range)."""
+    return {
+        layer.name
+        for layer in model.layers
+        if any(w.name.endswith("kernel_min:0") for w in layer.weights)
+    }
+
+
+def test_qat_fake_quantizes_the_kernel_of_every_layer_before_a_relu(small_cnn):
+    model, digits = small_cnn
+    qat = quantization_aware(model, digits["train"], CompressParams(qat_epochs=1), COMMON, 10)
+    kernels = [layer.name for layer in model.layers if layer.name.endswith(("_conv", "_dense"))]
+    assert len(kernels) == 3  # two conv blocks and a dense block, each followed by a ReLU
+    assert quantized_kernels(qat) >= {f"quant_{name}" for name in [*kernels, "probabilities"]}
+
+
+def test_pruning_preserving_qat_keeps_every_pruned_zero_through_to_the_int8_file(small_cnn):
+    model, digits = small_cnn
+    p = CompressParams(target_sparsity=0.8, prune_epochs=2, prune_frequency=5, qat_epochs=2)
+    pruned = prune(model, digits["train"], p, COMMON, 10)
+    qat = quantization_aware(pruned, digits["train"], p, COMMON, 10, preserve_sparsity=True)
+    for layer in pruned.layers:
+        if layer.name.endswith(("_conv", "_dense")) or layer.name == "probabilities":
+            zeros = layer.get_weights()[0] == 0
+            assert zeros.mean() > 0.5, layer.name
+            wrapper = qat.get_layer(f"quant_{layer.name}")
+            (kernel,) = [w.numpy() for w in wrapper.weights if w.name == f"{layer.name}/kernel:0"]
+            assert (kernel[zeros] == 0).all(), f"{layer.name}: pruned zeros moved in QAT"
+    flatbuffer = to_tflite(qat, "int8", digits["train"][0][:50])
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    interpreter.allocate_tensors()
+    weights = [  # each matmul's and convolution's second input is its kernel
+        interpreter.get_tensor(op["inputs"][1])
+        for op in interpreter._get_ops_details()
+        if op["op_name"] in ("FULLY_CONNECTED", "CONV_2D")
+    ]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
+    assert len(weights) == 4 and zeros >= 0.79
 
 
 def test_target_checks_flag_what_is_not_met():

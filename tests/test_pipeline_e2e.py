@@ -415,6 +415,8 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
         if name == "lstm":  # tfmot's QAT has no LSTM support: recorded with its reason
             assert not variants["qat_int8"]["supported"]
             assert "not supported" in variants["qat_int8"]["reason"]
+        else:  # QAT keeps every pruned zero, through the batch-norm fold and each ReLU
+            assert report["targets"]["pruned_qat_int8_sparsity"]["met"], name
         speed = read(project / f"reports/measured/compress/{name}.json")
         assert set(speed["variants"]) == supported  # measured for speed where LiteRT runs it
         assert set(speed["targets"]) == {"latency_ratio_tf_function_to_int8"}
