@@ -183,6 +183,8 @@ def test_pruning_preserving_qat_keeps_every_pruned_zero_through_to_the_int8_file
             wrapper = qat.get_layer(f"quant_{layer.name}")
             (kernel,) = [w.numpy() for w in wrapper.weights if w.name == f"{layer.name}/kernel:0"]
             assert (kernel[zeros] == 0).all(), f"{layer.name}: pruned zeros moved in QAT"
+    # The wrappers' kernel ranges are not kernels: the measured sparsity is the pruned one.
+    assert weight_sparsity(qat) == pytest.approx(weight_sparsity(pruned), abs=1e-3)
     flatbuffer = to_tflite(qat, "int8", digits["train"][0][:50])
     from ai_edge_litert.interpreter import Interpreter
 

@@ -268,7 +268,8 @@ def weight_sparsity(model: keras.Model) -> float:
         if not isinstance(inner, PRUNABLE):
             continue
         for weight in layer.weights:
-            if "kernel" in weight.name and "quantize" not in weight.name:
+            # kernel, recurrent_kernel; not a QAT wrapper's kernel_min or kernel_max
+            if weight.name.split("/")[-1].split(":")[0].endswith("kernel"):
                 values = weight.numpy()
                 zeros += int((values == 0).sum())
                 total += values.size
