@@ -9,6 +9,11 @@ import os
 # tensorflow-model-optimization 0.8 only supports the Keras 2 API: `tf.keras` must resolve to
 # tf_keras, and TensorFlow reads this variable once, on first import.
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+# TensorFlow turns oneDNN's kernels on by default only where the processor has AVX512_VNNI,
+# AVX512_BF16 or AMX, and runs Eigen's elsewhere: the two give different bits, so the same
+# params trained other weights on such a machine. Eigen's everywhere; read once, as TensorFlow
+# loads, so it is set here (a caller's own value stays, and each MLflow run records it).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # Nothing may reach the network at run time: switch off every library's telemetry.
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
