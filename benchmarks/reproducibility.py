@@ -43,6 +43,8 @@ def fingerprint(project: Path) -> dict[str, str]:
     metrics = [
         "reports/validation/results.json",
         "reports/gan/metrics.json",
+        "reports/baseline/svc.json",
+        "reports/baseline/boosting.json",
         *(f"reports/{s}/{m}.json" for s in ("train", "compress", "evaluate") for m in MODELS),
     ]
     digests = {}

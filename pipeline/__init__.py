@@ -5,6 +5,7 @@ Expectations can be imported by anything else. This is the only place that does 
 """
 
 import os
+import platform
 
 # tensorflow-model-optimization 0.8 only supports the Keras 2 API: `tf.keras` must resolve to
 # tf_keras, and TensorFlow reads this variable once, on first import.
@@ -14,6 +15,12 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 # params trained other weights on such a machine. Eigen's everywhere; read once, as TensorFlow
 # loads, so it is set here (a caller's own value stays, and each MLflow run records it).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# NumPy's and SciPy's OpenBLAS choose their kernels by processor too: SkylakeX's on AVX-512
+# machines, Haswell's on AVX2 ones (Intel's and AMD's alike). The two sum in other orders, so the
+# SVC baseline fitted other bits. Haswell's everywhere (AVX2, which every supported x86-64
+# machine has); OpenBLAS reads this as it loads, so before anything imports NumPy.
+if platform.machine().lower() in {"x86_64", "amd64"}:
+    os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")
 # Nothing may reach the network at run time: switch off every library's telemetry.
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

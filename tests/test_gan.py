@@ -82,6 +82,30 @@ def test_frechet_distance_on_samples_is_symmetric_zero_on_identical_and_consiste
     assert frechet_distance(a, b) == pytest.approx(5.0, rel=0.05)
 
 
+def test_last_bit_changes_in_float32_features_move_the_statistic_but_not_the_reported_distance():
+    """What another processor's kernels do to the CNN's features, with the same weights: the
+    last bit of some of them differs. The full-precision statistic moves; the reported distance,
+    at the precision float32 features carry, does not."""
+    rng = np.random.default_rng(1)
+    mixing = rng.normal(size=(32, 128))
+    real = np.maximum(rng.normal(size=(1257, 32)) @ mixing, 0).astype(np.float32)
+    held_out = np.maximum(rng.normal(size=(360, 32)) @ mixing, 0).astype(np.float32)
+    moved = real.copy().reshape(-1)
+    changed = rng.choice(moved.size, 1000, replace=False)
+    moved[changed] = np.nextafter(moved[changed], np.float32(np.inf))
+    moved = moved.reshape(real.shape)
+
+    def statistic(a: np.ndarray) -> float:
+        a, b = a.astype(np.float64), held_out.astype(np.float64)
+        return frechet_distance_from_stats(
+            a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False)
+        )
+
+    assert statistic(moved) != statistic(real)
+    assert frechet_distance(moved, held_out) == frechet_distance(real, held_out)
+    assert frechet_distance(real, held_out) == pytest.approx(statistic(real), rel=1e-6)
+
+
 def test_agreement_and_coverage():
     labels = balanced_labels(4, 3)
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]

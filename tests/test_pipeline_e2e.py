@@ -104,12 +104,18 @@ GOLDEN = REPO / "tests/golden_digests.json"
 
 def golden_digests(project: Path) -> dict[str, str]:
     """Each family's weights and the GAN's generator (the arrays, not the file, which holds a
-    save date), and every int8 TFLite file's bytes."""
+    save date), and the bytes of every int8 TFLite file and of the metrics NumPy and SciPy
+    compute on their own (the baselines', the GAN's Fréchet distances)."""
     keras_files = [*(f"models/{m}/model.keras" for m in MODELS), "models/gan/generator.keras"]
-    tflite_files = [f"models/compressed/{m}/int8.tflite" for m in MODELS]
+    files = [
+        *(f"models/compressed/{m}/int8.tflite" for m in MODELS),
+        "reports/baseline/svc.json",
+        "reports/baseline/boosting.json",
+        "reports/gan/metrics.json",
+    ]
     return {
         **{name: weight_digest(project / name) for name in keras_files},
-        **{name: file_digest(project / name) for name in tflite_files},
+        **{name: file_digest(project / name) for name in files},
     }
 
 

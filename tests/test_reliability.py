@@ -618,6 +618,15 @@ def refusing_server() -> Iterator[tuple[str, list[str]]]:
     class Refuse(http.server.BaseHTTPRequestHandler):
         def refuse(self) -> None:
             seen.append(self.headers.get("Authorization", ""))
+            # Read an upload's body before answering, as a web server does: closing on a client
+            # still writing it would fail that client with a broken pipe instead of the 401.
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    self.rfile.read(size + 2)
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+            else:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="test"')
             self.send_header("Content-Length", "0")

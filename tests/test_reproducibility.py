@@ -5,6 +5,7 @@ tests/test_pipeline_e2e.py, and benchmarks/portability.py's matrix)."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -83,3 +84,30 @@ def test_the_mode_is_what_each_mlflow_run_records(mode: str, monkeypatch: pytest
     assert tags["reproducibility"] == mode
     expected = ("2", "AVX2") if mode == "portable" else ("default", "default")
     assert (tags["tf_threads"], tags["onednn_max_cpu_isa"]) == expected
+
+
+@pytest.mark.skipif(platform.machine().lower() not in {"x86_64", "amd64"}, reason="x86-64 only")
+def test_numpy_and_scipy_run_openblas_on_the_same_kernels_on_every_x86_64_processor():
+    """OpenBLAS picks its kernels as it loads: SkylakeX's on an AVX-512 machine, which sum in
+    another order than the Haswell ones every AVX2 machine runs. A process that imports the
+    package first (every stage, the warm server) loads Haswell's, whatever this machine is."""
+    from tests.conftest import REPO
+
+    program = textwrap.dedent(
+        """
+        import pipeline, numpy, scipy.linalg
+        from threadpoolctl import threadpool_info
+        blas = {i["architecture"] for i in threadpool_info() if i["internal_api"] == "openblas"}
+        print(sorted(blas))
+        """
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split("\n")[-2] == "['Haswell']", done.stdout

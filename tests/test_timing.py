@@ -105,3 +105,20 @@ def test_importing_the_package_stays_cheap():
     code = "import sys, pipeline; print([k for k in ('numpy', 'tensorflow') if k in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_stage_dvc_found_up_to_date_in_a_fresh_clone_reads_as_cached_with_its_headline(
+    tmp_path: Path, monkeypatch
+):
+    """A fresh clone's repro skips a stage whose outputs came with the commit: it wrote no
+    timing file here, yet it was cached in that repro and its outputs are what it reports."""
+    from pipeline.tools.summary import stage_run, status
+
+    monkeypatch.chdir(tmp_path)
+    results = tmp_path / "reports/validation/results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"success": True}))
+    skipped = stage_run("validate", since=time.time())
+    assert (status(skipped), skipped.seconds) == ("cached", None)
+    assert skipped.headline == "every expectation met"
+    assert status(stage_run("validate", since=None)) == "never ran"

@@ -1,11 +1,15 @@
 """The one place that decides what a stage's numbers may depend on besides code, data and params.
 
 TensorFlow promises deterministic kernels only on the same hardware. What changes the bits from
-one x86-64 machine to another (measured by benchmarks/portability.py): the size of TensorFlow's
-thread pools (Eigen and oneDNN split a reduction by the pool's size, not by the cores
-that run it) and the instruction set oneDNN dispatches to at run time (AVX2, AVX-512, AMX). In
-`portable` mode both are fixed before the stage's first TensorFlow op; `fast` leaves TensorFlow's
-defaults (a pool as large as the machine, the widest instruction set).
+one x86-64 machine to another (measured by benchmarks/portability.py): which kernels run (oneDNN's
+or Eigen's: TensorFlow picks oneDNN by default only on processors with AVX512_VNNI, BF16 or AMX;
+OpenBLAS picks its kernels by processor), the size of TensorFlow's thread pools (Eigen and oneDNN
+split a reduction by the pool's size, not by the cores that run it) and the instruction set
+oneDNN dispatches to at run time (AVX2, AVX-512, AMX). The kernels are chosen as the libraries
+load, so for every mode in the package's `__init__` (Eigen's, and OpenBLAS's Haswell ones). In
+`portable` mode the pools and the instruction set are fixed before the stage's first TensorFlow
+op; `fast` leaves TensorFlow's defaults (a pool as large as the machine, the widest instruction
+set).
 
 Both settings are environment variables that TensorFlow and oneDNN read when the first op runs,
 not when they are imported: so a warm server's child, whose server imported TensorFlow but ran no
@@ -53,12 +57,13 @@ def apply(mode: Mode) -> dict[str, str]:
 
 def tags() -> dict[str, str]:
     """What an MLflow run records of the mode that produced it: the mode, the pool size and the
-    instruction-set cap TensorFlow ran with ("default" where TensorFlow chose), and whether
-    oneDNN ran at all (TF_ENABLE_ONEDNN_OPTS, read as TensorFlow loads: a caller's 0 swaps
-    oneDNN's kernels for Eigen's, which no mode can undo once TensorFlow is imported)."""
+    instruction-set cap TensorFlow ran with ("default" where TensorFlow chose), and the kernels
+    chosen as the libraries loaded, which no mode can change afterwards: whether oneDNN ran at
+    all (TF_ENABLE_ONEDNN_OPTS) and OpenBLAS's (OPENBLAS_CORETYPE)."""
     return {
         "reproducibility": os.environ.get(MODE_VARIABLE, "not set"),
         "tf_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "default"),
     }

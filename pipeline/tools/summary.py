@@ -41,7 +41,7 @@ class StageRun(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     stage: str
-    ran: bool | None  # None: never ran here (no timing file)
+    ran: bool | None  # None: no --since, so whether it ran in a repro is unknown
     seconds: float | None
     finished_at: float | None
     headline: str
@@ -87,7 +87,12 @@ def stage_run(stage: str, since: float | None) -> StageRun:
     try:
         figures = read_json(layout.timing_file(stage))
     except (OSError, ValueError):
-        return StageRun(stage=stage, ran=None, seconds=None, finished_at=None, headline="–")
+        # Not run here: in this repro, DVC found its outputs up to date (from a commit or the
+        # cache), so they are what it reports.
+        ran = None if since is None else False
+        return StageRun(
+            stage=stage, ran=ran, seconds=None, finished_at=None, headline=headline(stage)
+        )
     finished = figures.get("finished_at")
     ran = None if since is None or finished is None else finished >= since
     return StageRun(
