@@ -233,3 +233,32 @@ def test_flips_only_when_asked():
     flipped = augmenter(AUGMENT.model_copy(update={"horizontal_flip": True}), 0).layers
     assert isinstance(flipped[0], keras.layers.RandomFlip) and len(flipped) == 5
     assert not AugmentParams().active and AUGMENT.active
+
+
+def whole_pixel_shifts(image: np.ndarray, most: int = 2) -> list[np.ndarray]:
+    """`image` moved by every whole-pixel offset up to `most` either way, 0 moved into view."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((most, most), (most, most), (0, 0)))
+    return [
+        padded[most - dy : most - dy + height, most - dx : most - dx + width]
+        for dy in range(-most, most + 1)
+        for dx in range(-most, most + 1)
+    ]
+
+
+def test_nearest_translation_moves_whole_pixels_and_bilinear_blends_them():
+    x, _ = synthetic_images(n_per_class=2)
+    images = (x / 255.0).astype(np.float32)[..., None]
+
+    def translated(interpolation: str) -> np.ndarray:
+        p = AugmentParams(translation=0.15, interpolation=interpolation)
+        return augmenter(p, 3)(images, training=True).numpy()
+
+    def whole(out: np.ndarray) -> list[bool]:
+        pairs = zip(images, out, strict=True)
+        return [any(np.array_equal(o, s) for s in whole_pixel_shifts(i)) for i, o in pairs]
+
+    nearest = translated("nearest")
+    assert all(whole(nearest))  # each digit moved by whole pixels, its strokes unblurred
+    assert not np.array_equal(nearest, images)  # and moved
+    assert not any(whole(translated("bilinear")))  # sub-pixel moves blend neighbouring pixels

@@ -109,6 +109,9 @@ class AugmentParams(Strict):
     rotation: float = Field(0.0, ge=0, le=180)  # up to this many degrees either way
     zoom: float = Field(0.0, ge=0, lt=1)  # in or out by up to this share
     contrast: float = Field(0.0, ge=0, lt=1)  # contrast scaled by up to 1 ± this
+    # How moved pixels are sampled. nearest: whole-pixel moves that keep strokes sharp, as a
+    # shifted small image is; bilinear: sub-pixel moves that blur an 8-pixel digit's strokes.
+    interpolation: Literal["bilinear", "nearest"] = "bilinear"
     # Off unless asked: a mirrored digit or letter is another symbol.
     horizontal_flip: bool = False
 

@@ -128,7 +128,7 @@ def trainer_for(model: keras.Model, p: AdversarialParams) -> keras.Model:
 def augmenter(p: AugmentParams, seed: int) -> keras.Sequential:
     """The training-only random changes `p` asks for, as Keras preprocessing layers seeded from
     `seed`; areas moved into view are filled with 0, the background."""
-    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    fill = {"fill_mode": "constant", "fill_value": 0.0, "interpolation": p.interpolation}
     layers: list[keras.layers.Layer] = []
     if p.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
