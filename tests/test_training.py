@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import tf_keras as keras
+from scipy import ndimage
 
 from pipeline.core.io import history_csv
 from pipeline.core.params import AugmentParams, parse_params
@@ -237,12 +238,9 @@ def test_flips_only_when_asked():
 
 def whole_pixel_shifts(image: np.ndarray, most: int = 2) -> list[np.ndarray]:
     """`image` moved by every whole-pixel offset up to `most` either way, 0 moved into view."""
-    height, width = image.shape[:2]
-    padded = np.pad(image, ((most, most), (most, most), (0, 0)))
+    offsets = range(-most, most + 1)
     return [
-        padded[most - dy : most - dy + height, most - dx : most - dx + width]
-        for dy in range(-most, most + 1)
-        for dx in range(-most, most + 1)
+        ndimage.shift(image, (dy, dx, 0), order=0, cval=0.0) for dy in offsets for dx in offsets
     ]
 
 
