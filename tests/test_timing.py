@@ -112,7 +112,7 @@ def test_a_stage_dvc_found_up_to_date_in_a_fresh_clone_reads_as_cached_with_its_
 ):
     """A fresh clone's repro skips a stage whose outputs came with the commit: it wrote no
     timing file here, yet it was cached in that repro and its outputs are what it reports."""
-    from pipeline.tools.summary import stage_run, status
+    from pipeline.core.repro_summary import stage_run, status
 
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "reports/validation/results.json"
@@ -122,3 +122,45 @@ def test_a_stage_dvc_found_up_to_date_in_a_fresh_clone_reads_as_cached_with_its_
     assert (status(skipped), skipped.seconds) == ("cached", None)
     assert skipped.headline == "every expectation met"
     assert status(stage_run("validate", since=None)) == "never ran"
+
+
+def test_a_stage_knows_when_the_dvc_process_running_it_started_and_none_outside_one(
+    tmp_path: Path,
+):
+    """The report stage dates its repro by the nearest process named dvc above it: a script of
+    that name, started here, is found through the shell it runs, and this test process, under no
+    such process, gets None."""
+    from pipeline.core.repro_summary import repro_started
+
+    assert repro_started() is None
+    fake_dvc = tmp_path / "dvc"
+    code = "from pipeline.core.repro_summary import repro_started; print(repro_started())"
+    fake_dvc.write_text(f"#!/bin/sh\nsleep 0.5\n'{sys.executable}' -c '{code}'\n")
+    fake_dvc.chmod(0o755)
+    before = time.time()
+    script = subprocess.Popen([fake_dvc], stdout=subprocess.PIPE, text=True)
+    after = time.time()
+    printed, _ = script.communicate(timeout=60)
+    assert script.returncode == 0
+    # To the clock tick (10 ms); this process started long before, the script's python after.
+    assert before - 0.02 <= float(printed) <= after + 0.02
+
+
+def test_a_summary_that_cannot_be_drawn_leaves_the_report_stage_one_line_and_no_failure(
+    monkeypatch, capsys
+):
+    """The report stage prints the repro's summary after its page and cards are written: a
+    `dvc dag` that fails there costs a line on stderr, not the stage (and so the repro)."""
+    from pipeline.core import repro_summary
+    from pipeline.core.cli import PipelineError
+    from pipeline.stages import report
+
+    def failing_dag() -> str:
+        raise PipelineError("dvc dag --dot failed: planted")
+
+    monkeypatch.setattr(report, "repro_started", lambda: time.time())
+    monkeypatch.setattr(repro_summary, "dag_dot", failing_dag)
+    report.print_repro_summary()
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == "report: no summary of the repro: dvc dag --dot failed: planted\n"

@@ -68,7 +68,7 @@ PROMOTION = Path("reports/promotion.json")
 # `dvc.lock` and the committed metrics then hold only what any machine computes alike.
 MEASURED_DIR = Path("reports/measured")
 TIMING_DIR = MEASURED_DIR / "timing"
-DAG_PICTURE = MEASURED_DIR / "dag.svg"  # the DAG, each stage with its last run: `summary`
+DAG_PICTURE = MEASURED_DIR / "dag.svg"  # the DAG, each stage with its last run: repro_summary
 
 # Every line a stage printed, the console's known-harmless noise included (pipeline.core.console).
 LOGS_DIR = Path("logs")

@@ -136,15 +136,18 @@ class LayerParams(Strict):
 
 
 # Each family's defaults as benchmarks/augment.py chose them over three seeds: FGSM examples in
-# every batch and shifted (the LSTM also rotated) training images (reports/benchmarks/augment.json).
+# every batch and training images shifted by whole pixels (the FNN's and LSTM's also rotated)
+# (reports/benchmarks/augment.json).
 FGSM_TRAINING = AdversarialParams(method="fgsm", epsilon=0.1, weight=0.5)
+NEAREST_SHIFT = AugmentParams(translation=0.15, interpolation="nearest")
+NEAREST_SHIFT_AND_ROTATION = NEAREST_SHIFT.model_copy(update={"rotation": 10.0})
 
 
 class FNNParams(LayerParams):
     hidden_units: list[Units] = Field(default_factory=lambda: [256, 128], min_length=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     adversarial: AdversarialParams = FGSM_TRAINING
-    augment: AugmentParams = AugmentParams(translation=0.15)
+    augment: AugmentParams = NEAREST_SHIFT_AND_ROTATION
 
 
 class CNNParams(LayerParams):
@@ -154,7 +157,7 @@ class CNNParams(LayerParams):
     dropout: float = Field(0.25, ge=0, lt=1)
     batch_norm: bool = True
     adversarial: AdversarialParams = FGSM_TRAINING
-    augment: AugmentParams = AugmentParams(translation=0.15)
+    augment: AugmentParams = NEAREST_SHIFT
 
 
 class LSTMParams(LayerParams):
@@ -170,7 +173,7 @@ class LSTMParams(LayerParams):
     dropout: float = Field(0.2, ge=0, lt=1)
     optimizer: OptimizerParams = OptimizerParams(learning_rate=2e-3)
     adversarial: AdversarialParams = FGSM_TRAINING
-    augment: AugmentParams = AugmentParams(translation=0.15, rotation=10.0)
+    augment: AugmentParams = NEAREST_SHIFT_AND_ROTATION
 
 
 class TrainCommon(Strict):

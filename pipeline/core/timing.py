@@ -23,12 +23,13 @@ from pipeline.core.layout import timing_file
 PHASES = ("startup", "imports", "data", "compute", "logging", "outputs")
 
 
-def process_age() -> float | None:
-    """Seconds since this process started, from Linux's /proc; None where that is unknown."""
+def process_age(pid: int | str = "self") -> float | None:
+    """Seconds since process `pid` (this one by default) started, to the clock tick, from
+    Linux's /proc; None where that is unknown."""
     try:
         # Fields after the command name, which may itself hold spaces or parentheses; the
         # process's start time (field 22) is in clock ticks after boot.
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
         return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
     except (OSError, ValueError, IndexError, AttributeError):

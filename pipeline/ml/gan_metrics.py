@@ -31,7 +31,7 @@ def frechet_distance_from_stats(
 # Significant digits of a Fréchet distance over float32 features. Those carry about seven, and
 # their last bit differs between processors whose kernels sum in another order, with identical
 # weights: one-ulp changes in a thousand of the CNN's features move the digits' distance by
-# 3e-9 relative. Six digits are what the features can say, the same on every machine.
+# about 2e-9 relative. Six digits are what the features can say, the same on every machine.
 FRECHET_DIGITS = 6
 
 

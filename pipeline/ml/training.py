@@ -127,19 +127,20 @@ def trainer_for(model: keras.Model, p: AdversarialParams) -> keras.Model:
 
 def augmenter(p: AugmentParams, seed: int) -> keras.Sequential:
     """The training-only random changes `p` asks for, as Keras preprocessing layers seeded from
-    `seed`; areas moved into view are filled with 0, the background."""
-    fill = {"fill_mode": "constant", "fill_value": 0.0, "interpolation": p.interpolation}
+    `seed`; moved pixels are sampled by `p.interpolation`, areas moved into view filled with 0,
+    the background."""
+    resampling = {"fill_mode": "constant", "fill_value": 0.0, "interpolation": p.interpolation}
     layers: list[keras.layers.Layer] = []
     if p.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
     if p.translation:
         layers.append(
-            keras.layers.RandomTranslation(p.translation, p.translation, seed=seed, **fill)
+            keras.layers.RandomTranslation(p.translation, p.translation, seed=seed, **resampling)
         )
     if p.rotation:
-        layers.append(keras.layers.RandomRotation(p.rotation / 360.0, seed=seed + 1, **fill))
+        layers.append(keras.layers.RandomRotation(p.rotation / 360.0, seed=seed + 1, **resampling))
     if p.zoom:
-        layers.append(keras.layers.RandomZoom(p.zoom, seed=seed + 2, **fill))
+        layers.append(keras.layers.RandomZoom(p.zoom, seed=seed + 2, **resampling))
     if p.contrast:
         layers.append(keras.layers.RandomContrast(p.contrast, seed=seed + 3))
     return keras.Sequential(layers, name="augment")

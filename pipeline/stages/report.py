@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from pipeline.core.outputs import (
 )
 from pipeline.core.params import Params, flatten
 from pipeline.core.provenance import dvc_inputs, package_versions
+from pipeline.core.repro_summary import repro_started, show
 from pipeline.core.stage import start
 from pipeline.data.validation_results import failures
 
@@ -53,6 +56,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"report: {len(layout.MODEL_NAMES)} models compared -> {layout.REPORT_PAGE}, model cards "
         f"-> {layout.MODEL_CARDS_DIR}"
     )
+    print_repro_summary()
+
+
+def print_repro_summary() -> None:
+    """The DAG's last stage: a `dvc repro` that reaches it ends with what the repro did. The page
+    and cards are written by then, so a summary that cannot be drawn is one line, no failure."""
+    if (started := repro_started()) is None:
+        return
+    try:
+        show(started)
+    except (PipelineError, OSError, subprocess.SubprocessError) as error:
+        print(f"report: no summary of the repro: {error}", file=sys.stderr)
 
 
 def write_cards(cards: list[ModelCard]) -> None:
