@@ -123,3 +123,18 @@ def test_each_familys_augmentation_and_adversarial_training_are_what_the_search_
         assert block.augment == AugmentParams(**chosen.get("augment", {})), name
         adversarial = AdversarialParams(**chosen.get("adversarial", {}))
         assert block.adversarial == adversarial, name
+
+
+def test_compress_pruning_defaults_are_what_the_pruning_search_chose():
+    """params.yaml's pruning fine-tuning is the candidate benchmarks/pruning.py chose from its
+    measured seeds (reports/benchmarks/pruning.json), and the schema's default is the same."""
+    import json
+
+    from pipeline.core.params import CompressParams
+
+    search = json.loads((REPO / "reports/benchmarks/pruning.json").read_text())
+    chosen = search["chosen_params"]
+    assert chosen == search["candidates"][search["chosen"]]["params"]
+    compress = load_params(REPO / "params.yaml").compress
+    assert compress.model_dump(include=set(chosen)) == chosen
+    assert CompressParams().model_dump(include=set(chosen)) == chosen

@@ -250,7 +250,7 @@ class CompressParams(Strict):
     prune_max_steps: int = Field(4000, ge=1)
     prune_ramp_fraction: float = Field(0.6, gt=0, le=1)  # share of fine-tuning spent ramping up
     prune_frequency: int = Field(20, ge=1)  # steps between mask updates
-    prune_learning_rate: float = Field(5e-4, gt=0, le=1)
+    prune_learning_rate: float = Field(1e-3, gt=0, le=1)  # chosen by benchmarks/pruning.py
     qat_epochs: int = Field(10, ge=1)  # enough steps for the activation ranges to settle
     qat_max_steps: int = Field(2000, ge=1)
     qat_learning_rate: float = Field(1e-4, gt=0, le=1)

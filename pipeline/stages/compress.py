@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.core import layout, tracking
@@ -37,7 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         child = tracking.stage_run(lineage, "compress", {"model_family": name})
         run = open_run(stack, timer, child, logged)
         with timer.phase("compute"):
-            variants, report, speed = compress(name, model, params, prepared)
+            variants, report, speed = compress(
+                name, model, params, prepared, layout.model_file(name)
+            )
         with timer.phase("outputs"):
             write_outputs(name, variants, report, speed)
         outputs = [layout.compressed_dir(name), layout.compress_report(name)]
@@ -54,10 +57,10 @@ def load_model(name: str) -> Any:
 
 
 def compress(
-    name: str, model: Any, params: Params, prepared: Prepared
+    name: str, model: Any, params: Params, prepared: Prepared, keras_file: Path
 ) -> tuple[list[Any], CompressReport, CompressSpeed]:
-    """Every variant of `model`, the report that checks them against the targets, and their
-    measured speed."""
+    """Every variant of `model` (saved as `keras_file`), the report that checks them against the
+    targets, and their measured speed."""
     from pipeline.ml.compression import make_variants
     from pipeline.ml.compression_report import measure, speed_checks, target_checks
     from pipeline.ml.models import build_classifier
@@ -75,7 +78,6 @@ def compress(
         params.seed,
         build_plain=lambda: build_classifier(name, plain, prepared.image_shape, classes),
     )
-    keras_file = layout.model_file(name)
     measured, speed = measure(
         variants, model, keras_file, prepared["test"], p.latency_runs, p.throughput_batch
     )
