@@ -125,6 +125,21 @@ def test_each_familys_augmentation_and_adversarial_training_are_what_the_search_
         assert block.adversarial == adversarial, name
 
 
+def test_each_searched_familys_size_is_what_the_capacity_search_chose():
+    """params.yaml's layer widths are the candidates benchmarks/capacity.py chose from its measured
+    seeds (reports/benchmarks/capacity.json), and the schema's defaults are the same."""
+    import json
+
+    search = json.loads((REPO / "reports/benchmarks/capacity.json").read_text())
+    written = load_params(REPO / "params.yaml").train
+    assert sorted(search["models"]) == ["cnn", "fnn"]
+    for name, result in search["models"].items():
+        chosen = result["chosen_params"]
+        assert chosen == result["candidates"][result["chosen"]]["params"]
+        assert written.model(name).model_dump(include=set(chosen)) == chosen, name
+        assert Params().train.model(name).model_dump(include=set(chosen)) == chosen, name
+
+
 def test_compress_pruning_defaults_are_what_the_pruning_search_chose():
     """params.yaml's pruning fine-tuning is the candidate benchmarks/pruning.py chose from its
     measured seeds (reports/benchmarks/pruning.json), and the schema's default is the same."""

@@ -144,7 +144,9 @@ NEAREST_SHIFT_AND_ROTATION = NEAREST_SHIFT.model_copy(update={"rotation": 10.0})
 
 
 class FNNParams(LayerParams):
-    hidden_units: list[Units] = Field(default_factory=lambda: [256, 128], min_length=1)
+    # The FNN's widths and the CNN's dense head as benchmarks/capacity.py chose them
+    # (reports/benchmarks/capacity.json).
+    hidden_units: list[Units] = Field(default_factory=lambda: [1024, 512], min_length=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     adversarial: AdversarialParams = FGSM_TRAINING
     augment: AugmentParams = NEAREST_SHIFT_AND_ROTATION
@@ -153,7 +155,7 @@ class FNNParams(LayerParams):
 class CNNParams(LayerParams):
     filters: list[Units] = Field(default_factory=lambda: [32, 64], min_length=1)
     kernel_size: int = Field(3, ge=1, le=7)
-    dense_units: list[Units] = Field(default_factory=lambda: [128])
+    dense_units: list[Units] = Field(default_factory=lambda: [256])
     dropout: float = Field(0.25, ge=0, lt=1)
     batch_norm: bool = True
     adversarial: AdversarialParams = FGSM_TRAINING

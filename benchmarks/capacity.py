@@ -1,0 +1,135 @@
+"""The search behind each family's default size: every candidate below trained as the train stage
+trains it (with params.yaml's augmentation and adversarial training) under seeds 42, 43 and 44,
+each seed with its own split, as in benchmarks/seeds.py, which judges the accuracy targets, and
+measured as evaluate measures the models (clean test accuracy, a one-pixel diagonal shift, a
+rotation, PGD at `evaluate.robust_epsilon`). Prints the mean and the spread (max - min) of each,
+picks each family's default by the rule below, and writes reports/benchmarks/capacity.json, which
+`tests/test_params.py` holds params.yaml's defaults to.
+
+    python -m benchmarks.capacity [--models fnn cnn] [--seeds 42 43 44]
+
+The rule: the candidate with the highest mean test accuracy; among equals, the one with fewer
+weights. Augmentation and adversarial training ask more of a model than the clean images do: the
+FNN that reaches 0.985 on them without augmentation (reports/benchmarks/augment.json) needs more
+units to keep that accuracy with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from benchmarks.augment import ROTATION_DEGREES, SHIFT_PIXELS, measure, summarize
+from pipeline.core.io import write_json
+from pipeline.core.params import Params, load_params, parse_params
+from pipeline.core.provenance import processor
+from pipeline.core.reproducibility import apply
+
+if TYPE_CHECKING:
+    from pipeline.data.prepared import Prepared
+
+OUTPUT = Path("reports/benchmarks/capacity.json")
+SEEDS = (42, 43, 44)
+# Each candidate replaces these parts of the family's params block; the rest stays params.yaml's.
+CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "fnn": {
+        "256-128": {"hidden_units": [256, 128]},
+        "512-256": {"hidden_units": [512, 256]},
+        "512-512-256": {"hidden_units": [512, 512, 256]},
+        "1024-512": {"hidden_units": [1024, 512]},
+    },
+    "cnn": {
+        "32-64, dense 128": {"filters": [32, 64], "dense_units": [128]},
+        "32-64, dense 256": {"filters": [32, 64], "dense_units": [256]},
+        "32-64, dense 512": {"filters": [32, 64], "dense_units": [512]},
+        "64-128, dense 128": {"filters": [64, 128], "dense_units": [128]},
+    },
+}
+
+
+def with_candidate(raw: dict[str, Any], name: str, candidate: dict[str, Any], seed: int) -> Params:
+    """params.yaml's values with `name`'s block updated by `candidate` and the seed by `seed`."""
+    raw["train"][name].update(candidate)
+    return parse_params({**raw, "seed": seed})
+
+
+def weights(name: str, params: Params, prepared: Prepared) -> int:
+    """The number of weights of `name` as `params` builds it for `prepared`'s images."""
+    from pipeline.ml.models import build_classifier
+
+    shape = prepared.splits["train"][0].shape[1:]
+    return int(build_classifier(name, params.train, shape, prepared.num_classes).count_params())
+
+
+def choose(results: dict[str, Any]) -> str:
+    """The rule in this module's docstring, over candidate -> summary."""
+    return max(results, key=lambda c: (results[c]["test_accuracy"]["mean"], -results[c]["weights"]))
+
+
+def table(name: str, results: dict[str, Any], chosen: str) -> str:
+    measures = ("test_accuracy", "shift_accuracy", "rotation_accuracy", "pgd_accuracy")
+    lines = [
+        f"{name}: mean ± spread over the seeds, each with its own split",
+        f"{'candidate':<20}{'weights':>10}"
+        + "".join(f"{m.removesuffix('_accuracy'):>16}" for m in measures)
+        + f"{'epochs':>8}{'seconds':>9}",
+    ]
+    for candidate, summary in results.items():
+        cells = "".join(f"{summary[m]['mean']:>9.4f} ±{summary[m]['spread']:.3f}" for m in measures)
+        mark = " <- default" if candidate == chosen else ""
+        lines.append(
+            f"{candidate:<20}{summary['weights']:>10}{cells}"
+            f"{summary['epochs_trained']['mean']:>8.0f}{summary['train_seconds']['mean']:>9.1f}"
+            + mark
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    args = parser.parse_args(argv)
+    raw = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    base = load_params("params.yaml")
+    apply(base.reproducibility)  # before TensorFlow's first op, as every stage does
+    from pipeline.data.prepared import prepare
+
+    report: dict[str, Any] = {
+        "machine": {**processor(), "python": platform.python_version()},
+        "seeds": args.seeds,
+        "shift_pixels": SHIFT_PIXELS,
+        "rotation_degrees": ROTATION_DEGREES,
+        "rule": " ".join(__doc__.split("\n\n")[2].split()),
+        "models": {},
+    }
+    prepared = {seed: prepare(base.data, seed) for seed in args.seeds}
+    for name in args.models:
+        results: dict[str, Any] = {}
+        for candidate, change in CANDIDATES[name].items():
+            runs = []
+            for seed in args.seeds:
+                params = with_candidate(yaml.safe_load(yaml.safe_dump(raw)), name, change, seed)
+                runs.append(measure(name, params, prepared[seed]))
+                print(f"{name} {candidate} seed {seed}: {runs[-1]}", flush=True)
+            size = weights(name, params, prepared[args.seeds[0]])
+            results[candidate] = {"params": change, "weights": size, **summarize(runs)}
+            results[candidate]["runs"] = runs
+        chosen = choose(results)
+        report["models"][name] = {
+            "candidates": results,
+            "chosen": chosen,
+            "chosen_params": CANDIDATES[name][chosen],
+        }
+        print(table(name, results, chosen), flush=True)
+        write_json(OUTPUT, report)  # after each family: a long search keeps what it measured
+    print(f"-> {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()
