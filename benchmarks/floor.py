@@ -30,12 +30,12 @@ def main() -> None:
     num_classes = int(splits["train"][1].max()) + 1
     results = {}
     for name in MODEL_NAMES:
-        block = params.train.model(name)  # type: ignore[arg-type]
+        block = params.train.model(name)
         if block.adversarial.method != "none" or common.loss != "sparse_categorical_crossentropy":
             raise SystemExit(f"floor: {name}: only plain training with integer labels is covered")
         started = time.perf_counter()
         make_deterministic(params.seed)
-        model = build_classifier(name, params.train, splits["train"][0].shape[1:], num_classes)  # type: ignore[arg-type]
+        model = build_classifier(name, params.train, splits["train"][0].shape[1:], num_classes)
         compile_classifier(model, block.optimizer, common)
         # The same fit as the stage's (tf.data input, early stopping): pure compute.
         history = fit_classifier(

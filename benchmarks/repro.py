@@ -25,7 +25,7 @@ OUTPUT = REPO / "reports/benchmarks/repro.json"
 TARGETS_S = {"cold_foundation": 240.0, "cold_rest_of_dag": None, "noop_repro": 3.0}
 
 
-def timed(project: Path, *command: str, timeout: float = 1800) -> float:
+def timed(project: Path, *command: str, timeout: int = 1800) -> float:
     start = time.perf_counter()
     result = run(project, *command, timeout=timeout)
     elapsed = time.perf_counter() - start

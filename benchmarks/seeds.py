@@ -88,7 +88,7 @@ def summarize(runs: dict[int, tuple[dict[str, float], dict[str, Check]]]) -> dic
         key: {**spread([runs[s][0][key] for s in seeds]), "runs": [runs[s][0][key] for s in seeds]}
         for key in runs[seeds[0]][0]
     }
-    targets = {}
+    targets: dict[str, dict[str, Any]] = {}
     for key in runs[seeds[0]][1]:
         present = [runs[s][1][key] for s in seeds if key in runs[s][1]]
         measured = [c.value for c in present if c.value is not None]

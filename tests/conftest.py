@@ -6,7 +6,7 @@ import gzip
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,9 @@ _SERVERS_BEFORE = pytest.StashKey[set]()  # warm servers running before the sess
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[object]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Each phase's report on the test item (`rep_setup`, `rep_call`, `rep_teardown`), for the
     fixtures that keep a test's results only once it has passed."""
     report = yield

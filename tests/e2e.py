@@ -38,7 +38,7 @@ def lineage_id(project: Path, family: str, uri: str | None = None) -> str:
 
 
 # Small enough for CI's two cores, large enough to learn something.
-TINY_TRAIN = {
+TINY_TRAIN: dict[str, dict[str, Any]] = {
     # Eight epochs: the default FGSM examples and shifted images need twice plain training's four.
     "common": {"epochs": 8, "batch_size": 32, "early_stopping_patience": 3},
     "fnn": {"hidden_units": [32]},
@@ -195,7 +195,10 @@ TINY_PROMOTE = {
     # Four epochs of training are no match for the SVC: the rule is tested in test_promote.
     "beat_baselines": False,
 }
-TINY_BASELINE = {"svc": {"C": [1.0, 10.0], "gamma": ["scale"]}, "boosting": {"max_iter": 20}}
+TINY_BASELINE: dict[str, dict[str, Any]] = {
+    "svc": {"C": [1.0, 10.0], "gamma": ["scale"]},
+    "boosting": {"max_iter": 20},
+}
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test`
 # No sandbox as root; no background requests to Google's hosts, which are unreachable here.
 CHROMIUM_ARGS = [

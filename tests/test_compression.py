@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pytest
 
@@ -59,7 +61,10 @@ def test_pruned_sparsity_is_within_one_percent_of_target(small_cnn, target):
 
 def test_step_budgets_cap_fine_tuning_epochs_so_cost_stops_growing_with_the_data():
     p, common = CompressParams(), TrainCommon()  # the defaults: batches of 32
-    budgets = [("prune", p.prune_epochs, p.prune_max_steps), ("qat", p.qat_epochs, p.qat_max_steps)]
+    budgets: list[tuple[Literal["prune", "qat"], int, int]] = [
+        ("prune", p.prune_epochs, p.prune_max_steps),
+        ("qat", p.qat_epochs, p.qat_max_steps),
+    ]
     # The digits' train split (40 batches an epoch) and mnist_5k's (110) fit whole; the
     # 42,000 train images of a 60,000-image set (1,313 batches) get 3 and 1 epochs.
     assert [fine_tune_epochs(*b, 1257, common) for b in budgets] == [30, 10]

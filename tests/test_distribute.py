@@ -213,6 +213,7 @@ def test_two_workers_on_this_machine_train_on_mnist_shaped_files(tmp_path: Path)
     assert model.input_shape == (None, 28, 28, 1)
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("idx")
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1  # the chief's lineage run; the worker logged nothing
     assert runs[0].data.params["train.distribute"] == "multi_worker"

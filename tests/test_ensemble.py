@@ -44,8 +44,8 @@ def members():
     models = {}
     for name in TRAIN:
         make_deterministic(0)
-        model = build_classifier(name, train, prepared.image_shape, 10)  # type: ignore[arg-type]
-        compile_classifier(model, train.model(name).optimizer, COMMON)  # type: ignore[arg-type]
+        model = build_classifier(name, train, prepared.image_shape, 10)
+        compile_classifier(model, train.model(name).optimizer, COMMON)
         fit_classifier(model, prepared["train"], prepared["val"], COMMON, 10, verbose=0)
         models[name] = model
     return models, prepared

@@ -6,6 +6,7 @@ allocation sized by an untrusted header.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import json
@@ -367,7 +368,7 @@ def decode_image_bytes(data: bytes, name: str) -> None:
         path = folder / name
         path.write_bytes(data)
         for channels in (1, 3):
-            pixels = attempt(lambda c=channels: images.to_array(path, c), path)
+            pixels = attempt(functools.partial(images.to_array, path, channels), path)
             if pixels is not None:
                 assert pixels.dtype == np.uint8 and pixels.ndim == 3
                 assert pixels.shape[-1] == channels

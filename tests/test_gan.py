@@ -93,7 +93,7 @@ def test_last_bit_changes_in_float32_features_move_the_statistic_but_not_the_rep
     mixing = rng.normal(size=(32, 128))
     real = np.maximum(rng.normal(size=(1257, 32)) @ mixing, 0).astype(np.float32)
     held_out = np.maximum(rng.normal(size=(360, 32)) @ mixing, 0).astype(np.float32)
-    moved = real.copy().reshape(-1)
+    moved: np.ndarray = real.copy().reshape(-1)
     changed = rng.choice(moved.size, 1000, replace=False)
     moved[changed] = np.nextafter(moved[changed], np.float32(np.inf))
     moved = moved.reshape(real.shape)

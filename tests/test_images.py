@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from pipeline.core.cli import PipelineError
 from pipeline.core.params import DataParams
@@ -41,7 +41,7 @@ def write_folder(
 
 
 def folder(path: Path, **data: object) -> DataParams:
-    return DataParams(source="folder", path=str(path), **data)  # type: ignore[arg-type]
+    return DataParams(source="folder", path=str(path), **data)
 
 
 def test_every_format_loads_and_lossless_ones_keep_their_pixels(tmp_path: Path):
@@ -145,6 +145,7 @@ def test_a_gif_gives_its_first_frame(tmp_path: Path):
         (tmp_path / name).mkdir()
         frames[0].save(tmp_path / name / "anim.gif", save_all=True, append_images=frames[1:])
     with Image.open(tmp_path / "a" / "anim.gif") as written:
+        assert isinstance(written, GifImagePlugin.GifImageFile)
         assert written.n_frames == 2
     assert (load_source(folder(tmp_path)).x == 30).all()
 
@@ -153,7 +154,9 @@ def test_image_size_resizes_mixed_sizes_and_without_it_two_files_are_named(tmp_p
     write_folder(tmp_path, {"a": [colour_image(0, (25, 25))] * 3, "b": [colour_image(1, (40, 30))]})
     raw = load_source(folder(tmp_path, image_size=(16, 20)))
     assert raw.x.shape == (4, 16, 20, 3)
-    expected = Image.fromarray(colour_image(1, (40, 30))).resize((20, 16), Image.BILINEAR)
+    expected = Image.fromarray(colour_image(1, (40, 30))).resize(
+        (20, 16), Image.Resampling.BILINEAR
+    )
     np.testing.assert_array_equal(raw.x[3], np.asarray(expected))
     with pytest.raises(PipelineError) as info:
         load_source(folder(tmp_path))

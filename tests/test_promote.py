@@ -236,7 +236,9 @@ def test_the_model_card_becomes_the_versions_description_cut_at_the_registrys_li
     lines = [f"- model file sha256 `{digest}`", *(f"- measured line {i}" for i in range(600))]
     card.write_text("# Model card: cnn on digits\n" + "\n".join(lines) + "\n")
     decision = promote_family("cnn", "digits", RULES, {"success": True, "content_hash": "h"})
+    assert decision.version is not None
     description = MlflowClient(uri).get_model_version("digits-cnn", decision.version).description
+    assert description is not None
     kept, tail = description.rsplit("\n\n", 1)
     assert tail == "… (cut at MLflow's 5000 characters: the whole is reports/model_cards/cnn.md)"
     assert card.read_text().startswith(kept + "\n")  # whole lines, from the start
@@ -257,6 +259,7 @@ def test_a_card_of_another_model_is_not_set_as_the_description(tmp_path, monkeyp
     card.parent.mkdir(parents=True)
     card.write_text(f"# Model card: cnn on digits\n- model file sha256 `{'0' * 64}`\n")
     decision = promote_family("cnn", "digits", RULES, {"success": True, "content_hash": "h"})
+    assert decision.version is not None
     version = MlflowClient(uri).get_model_version("digits-cnn", decision.version)
     assert not version.description
     assert MlflowClient(uri).list_artifacts(run_id, "model_card") == []
@@ -279,6 +282,7 @@ def test_a_blessed_candidate_is_infra_validated_in_a_fresh_process_before_it_is_
     assert infra.model_uri == "models:/digits-cnn/1" and infra.canary_images == 20
     assert infra.served_max_difference is not None and infra.served_max_difference <= 1e-4
     assert infra.int8_agreement is not None and infra.int8_agreement >= 0.95
+    assert infra.tflite_artifact is not None
     compress_run = infra.tflite_artifact.split("/")[1]
     assert MlflowClient(uri).get_run(compress_run).data.tags["mlflow.parentRunId"] == run_id
     assert infra.seconds["fresh_process"] >= infra.seconds["served_load_predict"] > 0
@@ -312,7 +316,7 @@ def test_a_model_its_logged_environment_cannot_load_is_registered_only_as_challe
         )
     )
     monkeypatch.syspath_prepend(str(here_only))
-    import planted_model
+    import planted_model  # type: ignore[import-not-found]  # written above, at run time
 
     def log_unshipped(run_id: str, folder: Path, example: np.ndarray) -> object:
         return mlflow.pyfunc.log_model(

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,7 @@ def snapshot(project: Path, folders: tuple[str, ...] = ("models", "reports")) ->
     return files
 
 
-def changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
+def changed(before: Mapping[str, bytes | str], after: Mapping[str, bytes | str]) -> list[str]:
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
@@ -411,6 +411,7 @@ def lineage_runs(project: Path) -> list:
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("digits")
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
@@ -756,8 +757,9 @@ def test_logging_that_fails_at_the_end_keeps_the_trained_model(project: Path):
         OUTPUTS.extend((out, err))
         metrics = yaml.safe_load((project / "reports/train/cnn.json").read_text())
         digest = weight_digest(project / "models/cnn/model.keras")
-        experiment = client.get_experiment_by_name("vanishing").experiment_id
-        (failed,) = client.search_runs([experiment])
+        experiment = client.get_experiment_by_name("vanishing")
+        assert experiment is not None
+        (failed,) = client.search_runs([experiment.experiment_id])
     finally:
         store.unlink(missing_ok=True)
         heal(project, params)
@@ -917,6 +919,12 @@ def test_a_queued_2x2_grid_runs_two_at_a_time_and_every_lineage_completes(projec
         for name in re.findall(r"^\S+\s+(\S+)\s+.*\bSuccess\b", status, flags=re.M)
     )
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+    def logged_model(run_id: str) -> bool:
+        outputs = client.get_run(run_id).outputs
+        assert outputs is not None
+        return bool(outputs.model_outputs)
+
     new = [r for r in lineage_runs(project) if r.info.run_id not in before]
     complete = [
         r
@@ -924,7 +932,7 @@ def test_a_queued_2x2_grid_runs_two_at_a_time_and_every_lineage_completes(projec
         if r.info.status == "FINISHED"
         and "test_accuracy" in r.data.metrics
         and "model.dropout" in r.data.params
-        and client.get_run(r.info.run_id).outputs.model_outputs  # the logged model
+        and logged_model(r.info.run_id)
     ]
     points = {
         (r.data.params["model.dropout"], r.data.params["train.epochs"])

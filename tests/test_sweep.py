@@ -32,7 +32,7 @@ def store(tmp_path: Path, monkeypatch) -> Path:
     # Another sweep and an untagged run: never part of the answer.
     log_run("fnn", {"sweep": "other", "model_family": "fnn"}, {"model.dropout": "0.5"}, 0.99)
     log_run("fnn", {"model_family": "fnn"}, {"model.dropout": "0.7"}, 0.99)
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None unsets it; typed str | Path
     return tmp_path
 
 

@@ -176,8 +176,9 @@ def test_each_split_is_a_dataset_input_of_the_run_named_by_its_content(store: st
     with tracking.lineage_run("digits", "fnn", {}) as run_id:
         data = {"source": "digits", "path": None, "class_names": ["zero", "one"]}
         tracking.log_datasets(run_id, manifest, data)
-    inputs = MlflowClient(store).get_run(run_id).inputs.dataset_inputs
-    by_context = {i.tags[0].value: i.dataset for i in inputs}
+    inputs = MlflowClient(store).get_run(run_id).inputs
+    assert inputs is not None
+    by_context = {i.tags[0].value: i.dataset for i in inputs.dataset_inputs}
     assert set(by_context) == {"training", "validation", "testing"}
     train = by_context["training"]
     assert (train.name, train.digest, train.source_type) == ("digits-train", "ab" * 18, "dvc")
@@ -185,7 +186,9 @@ def test_each_split_is_a_dataset_input_of_the_run_named_by_its_content(store: st
         "path": "data/prepared/train.npz",
         "data": {"source": "digits", "path": None},
     }
-    assert json.loads(by_context["testing"].profile) == {
+    profile = by_context["testing"].profile
+    assert profile is not None
+    assert json.loads(profile) == {
         "num_rows": 20,
         "class_counts": {"0": 10, "1": 10},
     }

@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -17,7 +19,7 @@ from pipeline.ml.training import (
 )
 from tests.conftest import make_prepared, synthetic_images
 
-TINY = {
+TINY: dict[str, dict[str, Any]] = {
     "common": {"epochs": 3, "batch_size": 16, "early_stopping_patience": 1},
     "fnn": {"hidden_units": [16], "dropout": 0.2},
 }

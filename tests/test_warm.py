@@ -38,7 +38,7 @@ def launch(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def our_servers() -> list[dict]:
+def our_servers() -> list[protocol.ServerInfo]:
     return [s for s in warm_server.servers() if s["package"] == str(protocol.PACKAGE_DIR)]
 
 
@@ -106,7 +106,7 @@ def test_the_child_takes_the_callers_directory_environment_limits_cores_and_argu
 ):
     _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     limit = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
-    request = {
+    request: protocol.Call = {
         **client.call("evaluate", ["--model", "lstm"]),
         "cwd": str(tmp_path),
         "env": {"ONLY_IN_THE_CALLER": "yes", "PATH": os.environ["PATH"]},

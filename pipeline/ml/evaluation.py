@@ -4,7 +4,7 @@ same corruptions and the attacks crafted on their float parent."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -206,7 +206,7 @@ def sweep_indices(count: int, most: int, seed: int) -> np.ndarray:
 
 def evaluate_model(
     model: Any,
-    variants: dict[str, tuple[Predict, Any, str]],
+    variants: Mapping[str, tuple[Predict, Any, str]],
     test: tuple[np.ndarray, np.ndarray],
     class_names: Sequence[str],
     p: EvaluateParams,
