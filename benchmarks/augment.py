@@ -127,19 +127,31 @@ def choose(results: dict[str, Any], target: float) -> str:
     )
 
 
-def table(name: str, results: dict[str, Any], chosen: str) -> str:
+def table(
+    name: str,
+    results: dict[str, Any],
+    chosen: str,
+    title: str = "mean ± spread over the seeds",
+    width: int = 38,
+    counts: Sequence[str] = (),
+) -> str:
+    """One row per candidate: its `counts` (whole numbers it holds, as `weights`), then each
+    measure's mean ± spread, the epochs trained and the seconds per training."""
     measures = ("test_accuracy", "shift_accuracy", "rotation_accuracy", "pgd_accuracy")
     lines = [
-        f"{name}: mean ± spread over the seeds",
-        f"{'candidate':<38}"
+        f"{name}: {title}",
+        f"{'candidate':<{width}}"
+        + "".join(f"{count:>10}" for count in counts)
         + "".join(f"{m.removesuffix('_accuracy'):>16}" for m in measures)
         + f"{'epochs':>8}{'seconds':>9}",
     ]
     for candidate, summary in results.items():
-        cells = "".join(f"{summary[m]['mean']:>9.4f} ±{summary[m]['spread']:.3f}" for m in measures)
+        cells = "".join(f"{summary[count]:>10}" for count in counts) + "".join(
+            f"{summary[m]['mean']:>9.4f} ±{summary[m]['spread']:.3f}" for m in measures
+        )
         mark = " <- default" if candidate == chosen else ""
         lines.append(
-            f"{candidate:<38}{cells}{summary['epochs_trained']['mean']:>8.0f}"
+            f"{candidate:<{width}}{cells}{summary['epochs_trained']['mean']:>8.0f}"
             f"{summary['train_seconds']['mean']:>9.1f}{mark}"
         )
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from benchmarks.augment import ROTATION_DEGREES, SHIFT_PIXELS, measure, summarize
+from benchmarks.augment import ROTATION_DEGREES, SHIFT_PIXELS, measure, summarize, table
 from pipeline.core.io import write_json
 from pipeline.core.params import Params, load_params, parse_params
 from pipeline.core.provenance import processor
@@ -71,25 +71,6 @@ def choose(results: dict[str, Any]) -> str:
     return max(results, key=lambda c: (results[c]["test_accuracy"]["mean"], -results[c]["weights"]))
 
 
-def table(name: str, results: dict[str, Any], chosen: str) -> str:
-    measures = ("test_accuracy", "shift_accuracy", "rotation_accuracy", "pgd_accuracy")
-    lines = [
-        f"{name}: mean ± spread over the seeds, each with its own split",
-        f"{'candidate':<20}{'weights':>10}"
-        + "".join(f"{m.removesuffix('_accuracy'):>16}" for m in measures)
-        + f"{'epochs':>8}{'seconds':>9}",
-    ]
-    for candidate, summary in results.items():
-        cells = "".join(f"{summary[m]['mean']:>9.4f} ±{summary[m]['spread']:.3f}" for m in measures)
-        mark = " <- default" if candidate == chosen else ""
-        lines.append(
-            f"{candidate:<20}{summary['weights']:>10}{cells}"
-            f"{summary['epochs_trained']['mean']:>8.0f}{summary['train_seconds']['mean']:>9.1f}"
-            + mark
-        )
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
@@ -126,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "chosen": chosen,
             "chosen_params": CANDIDATES[name][chosen],
         }
-        print(table(name, results, chosen), flush=True)
+        own_splits = "mean ± spread over the seeds, each with its own split"
+        print(table(name, results, chosen, own_splits, 20, ("weights",)), flush=True)
         write_json(OUTPUT, report)  # after each family: a long search keeps what it measured
     print(f"-> {OUTPUT}")
 
