@@ -130,11 +130,14 @@ def test_each_searched_familys_size_is_what_the_capacity_search_chose():
     seeds (reports/benchmarks/capacity.json), and the schema's defaults are the same."""
     import json
 
+    from benchmarks.capacity import choose
+
     search = json.loads((REPO / "reports/benchmarks/capacity.json").read_text())
     written = load_params(REPO / "params.yaml").train
     assert sorted(search["models"]) == ["cnn", "fnn"]
     for name, result in search["models"].items():
         chosen = result["chosen_params"]
+        assert result["chosen"] == choose(result["candidates"])  # the rule, over what it measured
         assert chosen == result["candidates"][result["chosen"]]["params"]
         assert written.model(name).model_dump(include=set(chosen)) == chosen, name
         assert Params().train.model(name).model_dump(include=set(chosen)) == chosen, name
