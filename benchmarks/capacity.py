@@ -19,6 +19,7 @@ those defaults on. Whether plain training gains as much from the larger sizes is
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,10 +56,11 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def with_candidate(raw: dict[str, Any], name: str, candidate: dict[str, Any], seed: int) -> Params:
-    """params.yaml's values (`raw`, updated in place) with `name`'s block updated by `candidate`
-    and the seed by `seed`."""
-    raw["train"][name].update(candidate)
-    return parse_params({**raw, "seed": seed})
+    """params.yaml's values (`raw`, left as it is) with `name`'s block updated by `candidate` and
+    the seed by `seed`."""
+    changed = copy.deepcopy(raw)
+    changed["train"][name].update(candidate)
+    return parse_params({**changed, "seed": seed})
 
 
 def weights(name: str, params: Params, prepared: Prepared) -> int:
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for candidate, change in CANDIDATES[name].items():
             runs = []
             for seed in args.seeds:
-                params = with_candidate(yaml.safe_load(yaml.safe_dump(raw)), name, change, seed)
+                params = with_candidate(raw, name, change, seed)
                 runs.append(measure(name, params, prepared[seed]))
                 print(f"{name} {candidate} seed {seed}: {runs[-1]}", flush=True)
             size = weights(name, params, prepared[seed])  # the same for every seed's split
