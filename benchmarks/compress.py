@@ -34,7 +34,7 @@ def main() -> None:
     for name in ("fnn", "cnn", "lstm"):
         report = json.loads((REPORTS / f"{name}.json").read_text())
         model = load_keras(MODELS_DIR / name / MODEL_FILE)
-        int8 = TFLiteModel((COMPRESSED_DIR / name / "int8.tflite").read_bytes())
+        int8 = TFLiteModel((COMPRESSED_DIR / name / "int8.tflite").read_bytes(), kernels="xnnpack")
         keras_fn = latency_stats(keras_callers(model)["keras_tf_function"], x, RUNS, 64)
         tflite = latency_stats(int8.invoke, x, RUNS, 64)
         ratio = keras_fn["latency_ms_median"] / tflite["latency_ms_median"]

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.reproducibility import fingerprint
+from benchmarks.reproducibility import differing, fingerprint
 from pipeline.core.io import write_json
 from pipeline.core.provenance import processor
 from pipeline.runtime import server
@@ -73,9 +73,7 @@ def matrix(mode: str, stages: list[str], folder: Path) -> list[dict[str, object]
     ):
         digests, seconds = one_run(project, stages, cores, isa, warm)
         reference = reference or digests
-        differ = sorted(
-            k for k in reference.keys() | digests.keys() if reference.get(k) != digests.get(k)
-        )
+        differ = differing(reference, digests)
         rows.append(
             {
                 "mode": mode,

@@ -66,6 +66,11 @@ def fingerprint(project: Path) -> dict[str, str]:
     return digests
 
 
+def differing(first: dict[str, str], second: dict[str, str]) -> list[str]:
+    """The names whose digests differ between two fingerprints (or that only one holds)."""
+    return sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+
+
 def twice(project: Path) -> tuple[dict[str, str], dict[str, str], float, float]:
     first_s = timed(project, "dvc", "repro")
     first = fingerprint(project)
@@ -84,7 +89,7 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="bench-reproducibility-") as folder:
             first, second, first_s, second_s = twice(copy_project(Path(folder)))
-    differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    differ = differing(first, second)
     print(f"{'artifact':<48} identical")
     for name in sorted(first):
         print(f"{name:<48} {'no' if name in differ else 'yes'}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.repro import timed
-from benchmarks.reproducibility import MEASURED, fingerprint
+from benchmarks.reproducibility import MEASURED, differing, fingerprint
 from pipeline.core.io import write_json
 from tests.conftest import REPO
 
@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-same-results-") as folder:
         before, before_s = run(revisions["before"], Path(folder) / "before")
         after, after_s = run(revisions["after"], Path(folder) / "after")
-    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    differ = differing(before, after)
     print(f"{'artifact':<48} identical")
     for name in sorted(before.keys() | after.keys()):
         print(f"{name:<48} {'no' if name in differ else 'yes'}")

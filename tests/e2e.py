@@ -199,6 +199,15 @@ TINY_BASELINE: dict[str, dict[str, Any]] = {
     "svc": {"C": [1.0, 10.0], "gamma": ["scale"]},
     "boosting": {"max_iter": 20},
 }
+# The end-to-end run's params over params.yaml's: the run the golden digests come from.
+TINY_PARAMS = {
+    "train": TINY_TRAIN,
+    "gan": TINY_GAN,
+    "compress": TINY_COMPRESS,
+    "evaluate": TINY_EVALUATE,
+    "promote": TINY_PROMOTE,
+    "baseline": TINY_BASELINE,
+}
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test`
 # No sandbox as root; no background requests to Google's hosts, which are unreachable here.
 CHROMIUM_ARGS = [
@@ -305,3 +314,26 @@ def weight_digest(path: Path) -> str:
     for array in keras.models.load_model(path, compile=False).get_weights():
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+GOLDEN = REPO / "tests/golden_digests.json"
+
+
+def golden_digests(project: Path) -> dict[str, str]:
+    """Each family's weights and the GAN's generator (the arrays, not the file, which holds a
+    save date), and the bytes of every int8 TFLite file and of the metrics NumPy and SciPy
+    compute on their own (the baselines', the GAN's Fréchet distances)."""
+    from pipeline.core.io import file_digest
+    from pipeline.core.layout import MODEL_NAMES as families
+
+    keras_files = [*(f"models/{m}/model.keras" for m in families), "models/gan/generator.keras"]
+    files = [
+        *(f"models/compressed/{m}/int8.tflite" for m in families),
+        "reports/baseline/svc.json",
+        "reports/baseline/boosting.json",
+        "reports/gan/metrics.json",
+    ]
+    return {
+        **{name: weight_digest(project / name) for name in keras_files},
+        **{name: file_digest(project / name) for name in files},
+    }

@@ -300,7 +300,7 @@ class XnnpackRefuses(TFLiteModel):
     where LiteRT raises it (building the interpreter, or its first invoke)."""
 
     def __init__(self, content: bytes, at: str) -> None:
-        super().__init__(content)
+        super().__init__(content, kernels="xnnpack")
         self.at = at
 
     def _build(self, batch):
@@ -319,7 +319,7 @@ def test_when_xnnpack_refuses_a_graph_litert_runs_it_on_builtin_kernels(small_cn
     model, digits = small_cnn
     content = to_tflite(model, "int8", digits["train"][0][:50])
     x = digits["test"][0]
-    reference = TFLiteModel(content)
+    reference = TFLiteModel(content, kernels="xnnpack")
     expected = reference.predict(x)
     assert reference.kernels == "xnnpack"
     refused = XnnpackRefuses(content, at)
@@ -334,7 +334,7 @@ def test_other_litert_errors_are_not_taken_for_xnnpack_ones(small_cnn):
         def _invoke(self, x):
             raise RuntimeError("tensor 3 is not allocated")
 
-    broken = Broken(to_tflite(model, "none"))
+    broken = Broken(to_tflite(model, "none"), kernels="xnnpack")
     with pytest.raises(RuntimeError, match="not allocated"):
         broken.predict(np.zeros((4, 8, 8, 1), np.float32))
     assert broken.kernels == "xnnpack"

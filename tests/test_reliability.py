@@ -106,6 +106,8 @@ def project(tmp_path_factory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         for key, value in SECRETS.items():
             patch.setenv(key, value)
+        for key in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):  # a developer's own would sign too
+            patch.delenv(key, raising=False)
         root = copy_project(tmp_path_factory.mktemp("reliability"))
         update_params(root, {"train": TINY_PLAIN_TRAIN, "baseline": TINY_BASELINE})
         commit(root, "tiny params")
@@ -607,18 +609,26 @@ def test_an_unreachable_tracking_server_stops_the_stage_at_start(project: Path, 
     assert changed(before, snapshot(project)) == []
 
 
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str  # with its query string, as sent
+    headers: dict[str, str]  # names lowercased
+
+
 @contextlib.contextmanager
-def refusing_server() -> Iterator[tuple[str, list[str]]]:
-    """An HTTP server on 127.0.0.1 that answers every request 401, noting the credentials each
-    one carried (its Authorization header): where a secret really goes when a command uses it."""
+def refusing_server() -> Iterator[tuple[str, list[SeenRequest]]]:
+    """An HTTP server on 127.0.0.1 that answers every request 401, noting each one's method, path
+    and headers (its credentials among them): where a secret really goes when a command uses it."""
     import http.server
     import threading
 
-    seen: list[str] = []
+    seen: list[SeenRequest] = []
 
     class Refuse(http.server.BaseHTTPRequestHandler):
         def refuse(self) -> None:
-            seen.append(self.headers.get("Authorization", ""))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            seen.append(SeenRequest(self.command, self.path, headers))
             # Read an upload's body before answering, as a web server does: closing on a client
             # still writing it would fail that client with a broken pipe instead of the 401.
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -648,29 +658,85 @@ def refusing_server() -> Iterator[tuple[str, list[str]]]:
         httpd.server_close()
 
 
+def basic_credentials(seen: list[SeenRequest]) -> set[str]:
+    """The user:password pairs the requests carried as HTTP basic authentication."""
+    import base64
+
+    headers = [request.headers.get("authorization", "") for request in seen]
+    return {base64.b64decode(h.split()[1]).decode() for h in headers if h.startswith("Basic ")}
+
+
+def aws_signature(request: SeenRequest, secret_access_key: str) -> tuple[str, bool]:
+    """(the key id the request names, whether its S3 Signature Version 4 is the one that
+    `secret_access_key` makes), recomputed from what the server received by AWS's published
+    algorithm (S3's variant: the path as sent, the payload's hash in x-amz-content-sha256): the
+    proof that a request was signed with that secret, which never travels."""
+    import hashlib
+    import hmac
+    from urllib.parse import urlsplit
+
+    fields = dict(
+        part.strip().split("=", 1)
+        for part in request.headers["authorization"].removeprefix("AWS4-HMAC-SHA256 ").split(",")
+    )
+    key_id, scope = fields["Credential"].split("/", 1)
+    signed = fields["SignedHeaders"].split(";")
+    url = urlsplit(request.path)
+    query = sorted(p.partition("=")[::2] for p in url.query.split("&") if p)  # by key, then value
+    canonical = "\n".join(
+        [
+            request.method,
+            url.path,
+            "&".join(f"{key}={value}" for key, value in query),
+            *(f"{name}:{' '.join(request.headers[name].split())}" for name in signed),
+            "",
+            fields["SignedHeaders"],
+            request.headers["x-amz-content-sha256"],
+        ]
+    )
+    to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            request.headers["x-amz-date"],
+            scope,
+            hashlib.sha256(canonical.encode()).hexdigest(),
+        ]
+    )
+    key = f"AWS4{secret_access_key}".encode()
+    for part in scope.split("/"):  # date, region, service, "aws4_request"
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return key_id, hmac.compare_digest(expected, fields["Signature"])
+
+
+@contextlib.contextmanager
+def dvc_config_kept(project: Path) -> Iterator[None]:
+    """The project's DVC config files afterwards as before, whatever remotes the block adds."""
+    configs = {path: path.read_bytes() for path in (project / ".dvc").glob("config*")}
+    try:
+        yield
+    finally:
+        for path in (project / ".dvc").glob("config*"):
+            if path not in configs:
+                path.unlink()
+        for path, content in configs.items():
+            path.write_bytes(content)
+
+
 def test_credentials_sent_to_a_refusing_remote_and_tracking_server_are_never_written(
     project: Path, monkeypatch
 ):
     """A DVC HTTP remote with basic auth and a tracking server with MLflow's credentials, both
     on 127.0.0.1 and refusing: the secrets really leave the process (the server saw them), each
     command fails with one line, and the last test finds them in no file and no output."""
-    import base64
-
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     before = snapshot(project)
-    configs = {p: p.read_bytes() for p in (project / ".dvc").glob("config*")}
     with refusing_server() as (url, seen):
-        try:
+        with dvc_config_kept(project):
             sh(project, "dvc", "remote", "add", "leaky", f"{url}/dvc")
             for key, value in (("auth", "basic"), ("user", "team"), ("password", REMOTE_PASSWORD)):
                 sh(project, "dvc", "remote", "modify", "--local", "leaky", key, value)
             pushed = sh(project, "dvc", "push", "-r", "leaky", "models/fnn")
-        finally:
-            for path in (project / ".dvc").glob("config*"):
-                if path not in configs:
-                    path.unlink()
-            for path, content in configs.items():
-                path.write_bytes(content)
         # `run` drops MLFLOW_TRACKING_URI from the environment: pass it on the command line.
         stage = sh(
             project,
@@ -683,7 +749,7 @@ def test_credentials_sent_to_a_refusing_remote_and_tracking_server_are_never_wri
             "--model",
             "fnn",
         )
-    sent = {base64.b64decode(h.split()[1]).decode() for h in seen if h.startswith("Basic ")}
+    sent = basic_credentials(seen)
     assert f"team:{REMOTE_PASSWORD}" in sent, sent  # DVC's push
     assert f"team:{SECRETS['MLFLOW_TRACKING_PASSWORD']}" in sent, sent  # the stage's MLflow
     assert pushed.returncode != 0 and "Traceback" not in pushed.stdout + pushed.stderr
@@ -693,6 +759,30 @@ def test_credentials_sent_to_a_refusing_remote_and_tracking_server_are_never_wri
     assert all("401" in line for line in dvc_errors[:-1]), dvc_errors
     line = assert_refused_before_training(stage, f"MLflow tracking store {url}")
     record("security", "credentials sent to a refusing DVC remote and tracking server", line)
+    assert changed(before, snapshot(project)) == []
+
+
+def test_aws_credentials_sign_a_push_to_a_refusing_s3_remote_and_are_never_written(
+    project: Path,
+):
+    """An S3 remote whose endpoint, on 127.0.0.1, refuses: DVC's push takes the credentials from
+    the environment, as AWS's clients do, and signs its requests with the fake secret (checked
+    here against what the server received), fails with one line, and the last test finds
+    neither the key id nor the secret in any file or output."""
+    before = snapshot(project)
+    with refusing_server() as (url, seen), dvc_config_kept(project):
+        sh(project, "dvc", "remote", "add", "leaky-s3", "s3://team-bucket/dvc")
+        sh(project, "dvc", "remote", "modify", "--local", "leaky-s3", "endpointurl", url)
+        pushed = sh(project, "dvc", "push", "-r", "leaky-s3", "models/fnn")
+    signed = [r for r in seen if r.headers.get("authorization", "").startswith("AWS4-HMAC-SHA256")]
+    secret = SECRETS["AWS_SECRET_ACCESS_KEY"]
+    assert signed, seen
+    assert {aws_signature(r, secret) for r in signed} == {(SECRETS["AWS_ACCESS_KEY_ID"], True)}
+    assert not aws_signature(signed[0], "another-secret")[1]  # the check can fail
+    assert pushed.returncode != 0 and "Traceback" not in pushed.stdout + pushed.stderr
+    errors = [line for line in pushed.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "(401)" in errors[0], errors
+    record("security", "AWS credentials signing a push to a refusing S3 remote", errors[0])
     assert changed(before, snapshot(project)) == []
 
 
@@ -710,32 +800,47 @@ def test_a_locked_sqlite_store_stops_the_stage_at_start(project: Path):
     assert changed(before, snapshot(project)) == []
 
 
+# Root writes through file permissions: two ways to take that away, both tried where the tests
+# run as root; another user's read-only is the plain permission bits.
+READ_ONLY_WAYS = (
+    ("immutable attribute", "permissions without CAP_DAC_OVERRIDE")
+    if os.geteuid() == 0
+    else ("permissions",)
+)
+
+
 @contextlib.contextmanager
-def read_only(path: Path) -> Iterator[None]:
-    """Read-only even for root (immutable attribute); plain permissions for other users."""
-    if os.geteuid() == 0:
+def read_only(path: Path, way: str) -> Iterator[list[str]]:
+    """`path` made read-only `way`; yields the prefix that runs a command under it."""
+    if way == "immutable attribute":
         made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if made.returncode != 0:
-            pytest.skip(f"cannot make {path} read-only as root here: {made.stderr.strip()}")
+        if made.returncode != 0:  # no CAP_LINUX_IMMUTABLE (a container), or not this filesystem
+            pytest.skip(
+                f"cannot make {path} immutable here ({made.stderr.strip()}); root's "
+                "read-only store is still tried without CAP_DAC_OVERRIDE"
+            )
         try:
-            yield
+            yield []
         finally:
             subprocess.run(["chattr", "-i", str(path)], check=True)
-    else:
-        mode = path.stat().st_mode
-        path.chmod(0o444)
-        try:
-            yield
-        finally:
-            path.chmod(mode)
+        return
+    mode = path.stat().st_mode
+    path.chmod(0o444)
+    try:
+        # Root's command runs without the capability (inheritable or not) that overrides file modes.
+        drop = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override", "--"]
+        yield drop if os.geteuid() == 0 else []
+    finally:
+        path.chmod(mode)
 
 
-def test_a_read_only_sqlite_store_stops_the_stage_at_start(project: Path):
+@pytest.mark.parametrize("way", READ_ONLY_WAYS)
+def test_a_read_only_sqlite_store_stops_the_stage_at_start(project: Path, way: str):
     before = snapshot(project)
-    with read_only(project / "mlflow.db"):
-        result = sh(project, "python", "-m", "pipeline.stages.train", "--model", "fnn")
+    with read_only(project / "mlflow.db", way) as prefix:
+        result = sh(project, *prefix, "python", "-m", "pipeline.stages.train", "--model", "fnn")
     line = assert_refused_before_training(result, "readonly database")
-    record("store", "SQLite store read-only", line)
+    record("store", f"SQLite store read-only ({way})", line)
     assert changed(before, snapshot(project)) == []
 
 

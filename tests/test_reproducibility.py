@@ -16,7 +16,8 @@ from pipeline.core import reproducibility
 
 # A fresh interpreter that imports everything a warm server imports before it forks, then starts a
 # stage the way every stage starts (params loaded, the mode applied), then runs a convolution with
-# oneDNN's log on: the log names the instruction set oneDNN dispatched to.
+# oneDNN's log on: the log names the instruction set oneDNN dispatched to. Last, the kernels a
+# TFLite model measured there would run on.
 PROGRAM = textwrap.dedent(
     """
     import importlib, os, sys
@@ -31,11 +32,13 @@ PROGRAM = textwrap.dedent(
     x = tf.ones([1, 8, 8, 4])
     tf.nn.conv2d(x, tf.ones([3, 3, 4, 8]), 1, "SAME")
     print("threads", len(os.listdir("/proc/self/task")))
+    from pipeline.ml.inference import TFLiteModel
+    print("tflite", TFLiteModel(b"").kernels)
     """
 )
 
 
-def run_stage_start(tmp_path, mode: str, caller_env: dict[str, str]) -> tuple[str, int]:
+def run_stage_start(tmp_path, mode: str, caller_env: dict[str, str]) -> tuple[str, int, str]:
     import yaml
 
     from tests.conftest import REPO
@@ -55,24 +58,27 @@ def run_stage_start(tmp_path, mode: str, caller_env: dict[str, str]) -> tuple[st
     assert done.returncode == 0, done.stderr[-2000:]
     isa = [line for line in done.stdout.splitlines() if ",info,cpu,isa:" in line]
     threads = [line for line in done.stdout.splitlines() if line.startswith("threads ")]
-    assert isa and threads, done.stdout[-2000:]
-    return isa[0].split("isa:")[1], int(threads[0].split()[1])
+    kernels = [line for line in done.stdout.splitlines() if line.startswith("tflite ")]
+    assert isa and threads and kernels, done.stdout[-2000:]
+    return isa[0].split("isa:")[1], int(threads[0].split()[1]), kernels[0].split()[1]
 
 
 def test_portable_mode_replaces_the_callers_instruction_set_and_thread_pools(tmp_path):
     """A caller's own cap (here one below AVX2, which every machine honours) and pool sizes
-    do not show through: the stage runs on AVX2 and two-thread pools all the same."""
+    do not show through: the stage runs on AVX2 and two-thread pools all the same, and measures
+    TFLite models on LiteRT's built-in kernels rather than XNNPACK's per-processor ones."""
     caller = {
         "ONEDNN_MAX_CPU_ISA": "SSE41",
         "TF_NUM_INTRAOP_THREADS": "6",
         "TF_NUM_INTEROP_THREADS": "6",
     }
-    isa, threads = run_stage_start(tmp_path, "portable", caller)
+    isa, threads, kernels = run_stage_start(tmp_path, "portable", caller)
     assert "AVX2" in isa or "AVX 2" in isa, isa
-    fast_isa, fast_threads = run_stage_start(tmp_path, "fast", caller)
+    fast_isa, fast_threads, fast_kernels = run_stage_start(tmp_path, "fast", caller)
     # fast leaves the process as its caller set it up: the cap and the larger pools apply.
     assert "SSE4.1" in fast_isa, fast_isa
     assert threads < fast_threads
+    assert (kernels, fast_kernels) == ("builtin", "xnnpack")
 
 
 @pytest.mark.parametrize("mode", ["portable", "fast"])
@@ -82,8 +88,8 @@ def test_the_mode_is_what_each_mlflow_run_records(mode: str, monkeypatch: pytest
     reproducibility.apply(mode)  # type: ignore[arg-type]
     tags = reproducibility.tags()
     assert tags["reproducibility"] == mode
-    expected = ("2", "AVX2") if mode == "portable" else ("default", "default")
-    assert (tags["tf_threads"], tags["onednn_max_cpu_isa"]) == expected
+    expected = ("2", "AVX2", "builtin") if mode == "portable" else ("default", "default", "xnnpack")
+    assert (tags["tf_threads"], tags["onednn_max_cpu_isa"], tags["tflite_kernels"]) == expected
 
 
 @pytest.mark.skipif(platform.machine().lower() not in {"x86_64", "amd64"}, reason="x86-64 only")

@@ -237,9 +237,14 @@ def speed_section(c: CompressReport, latency_ms: Mapping[str, float]) -> str:
 
 
 def _variant_table(c: CompressReport) -> list[list[str]]:
-    header = ["variant", "accuracy", "gzipped (KiB)", "kernels"]
+    header = ["variant", "accuracy (kernels)", "gzipped (KiB)", "runs on"]
     rows = [
-        [name, f"{v.accuracy:.4f}", f"{v.size_gzip_bytes / 1024:.1f}", v.kernels]
+        [
+            name,
+            f"{v.accuracy:.4f} ({v.accuracy_kernels})",
+            f"{v.size_gzip_bytes / 1024:.1f}",
+            v.kernels,
+        ]
         for name, v in c.supported.items()
     ]
     return [header, *rows]

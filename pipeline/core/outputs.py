@@ -26,6 +26,7 @@ from pipeline.core.cli import PipelineError, first_line
 from pipeline.core.io import read_json, write_json, write_text
 from pipeline.core.layout import INPUTS_FILE, measured_key, measured_script
 from pipeline.core.params import describe_errors
+from pipeline.core.reproducibility import TFLiteKernels
 
 Curve = dict[str, float]  # severity (as written by `severity_key`) -> accuracy
 Curves = dict[str, Curve]  # perturbation -> its curve
@@ -187,8 +188,11 @@ class KerasFloat(Output):
 class SupportedVariant(Output):
     supported: Literal[True] = True
     description: str
-    kernels: Literal["xnnpack", "builtin"] = "xnnpack"  # LiteRT's XNNPACK delegate, or not
+    # What LiteRT runs it on by default, and its speed was measured on: XNNPACK's delegate, or
+    # the built-in kernels where XNNPACK cannot prepare it.
+    kernels: TFLiteKernels = "xnnpack"
     accuracy: float
+    accuracy_kernels: TFLiteKernels = "xnnpack"  # the reproducibility mode's (tflite_kernels)
     source_keras_accuracy: float  # the Keras model it was converted from
     sparsity: float
     size_bytes: int

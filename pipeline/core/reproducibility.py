@@ -22,6 +22,7 @@ import os
 from typing import Literal
 
 Mode = Literal["portable", "fast"]
+TFLiteKernels = Literal["xnnpack", "builtin"]  # LiteRT's XNNPACK delegate, or its built-in kernels
 
 # Two threads per pool: the size CI and the measured machines have. A pool's size, not the cores
 # under it, fixes the arithmetic, so one core or sixty-four give the same bits (more slowly on a
@@ -55,15 +56,26 @@ def apply(mode: Mode) -> dict[str, str]:
     return chosen
 
 
+def tflite_kernels() -> TFLiteKernels:
+    """The LiteRT kernels that measurements bound for metrics files run on in this process's
+    mode. XNNPACK picks its float kernels by processor: a float LSTM's answers differed between
+    this project's AVX-512 machine and an emulated AVX2 one (benchmarks/emulated_cpu.py), while
+    LiteRT's built-in kernels' agreed. So `portable` measures on the built-in kernels; `fast`,
+    and a process no stage set up, on XNNPACK, as LiteRT runs a model by default."""
+    return "builtin" if os.environ.get(MODE_VARIABLE) == "portable" else "xnnpack"
+
+
 def tags() -> dict[str, str]:
     """What an MLflow run records of the mode that produced it: the mode, the pool size and the
-    instruction-set cap TensorFlow ran with ("default" where TensorFlow chose), and the kernels
-    chosen as the libraries loaded, which no mode can change afterwards: whether oneDNN ran at
-    all (TF_ENABLE_ONEDNN_OPTS) and OpenBLAS's (OPENBLAS_CORETYPE)."""
+    instruction-set cap TensorFlow ran with ("default" where TensorFlow chose), the LiteRT
+    kernels its measurements ran on, and the kernels chosen as the libraries loaded, which no
+    mode can change afterwards: whether oneDNN ran at all (TF_ENABLE_ONEDNN_OPTS) and OpenBLAS's
+    (OPENBLAS_CORETYPE)."""
     return {
         "reproducibility": os.environ.get(MODE_VARIABLE, "not set"),
         "tf_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+        "tflite_kernels": tflite_kernels(),
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "default"),
     }

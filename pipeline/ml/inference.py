@@ -15,17 +15,22 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from pipeline.core.cli import PipelineError
+from pipeline.core.reproducibility import TFLiteKernels, tflite_kernels
 
 
 class TFLiteModel:
     """A TFLite flatbuffer run through the LiteRT interpreter, as a deployed model would be.
 
-    LiteRT hands what it can to its XNNPACK delegate. Where XNNPACK cannot prepare a graph
-    (LiteRT raises "failed to create XNNPACK runtime", when the interpreter is built or first
-    invoked), the model runs on LiteRT's built-in kernels instead, and `kernels` says so."""
+    With `kernels="xnnpack"` LiteRT hands what it can to its XNNPACK delegate; where XNNPACK
+    cannot prepare a graph (LiteRT raises "failed to create XNNPACK runtime", when the interpreter
+    is built or first invoked), the model runs on LiteRT's built-in kernels instead, and `kernels`
+    says so. Unnamed, the kernels are the reproducibility mode's (`tflite_kernels`)."""
 
-    def __init__(self, content: bytes, threads: int = 1, kernels: str = "xnnpack") -> None:
-        self.content, self.threads, self.kernels = content, threads, kernels
+    def __init__(
+        self, content: bytes, threads: int = 1, kernels: TFLiteKernels | None = None
+    ) -> None:
+        self.content, self.threads = content, threads
+        self.kernels = kernels or tflite_kernels()
         self._interpreters: dict[int, Interpreter] = {}
 
     def interpreter(self, batch: int) -> Interpreter:
@@ -145,7 +150,7 @@ def sizes(content: bytes) -> dict[str, int]:
     return {"size_bytes": len(content), "size_gzip_bytes": len(gzip.compress(content, 9))}
 
 
-def tensor_dtypes(content: bytes, kernels: str = "xnnpack") -> dict[str, list[str]]:
+def tensor_dtypes(content: bytes, kernels: TFLiteKernels = "xnnpack") -> dict[str, list[str]]:
     """Input, output and weight-tensor dtypes as the interpreter that runs the model reports
     them (`kernels` as TFLiteModel chose: built-in kernels list their own int32 scratch
     tensors, which XNNPACK replaces)."""
