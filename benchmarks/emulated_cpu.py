@@ -124,6 +124,7 @@ def one_run(project: Path, python_folder: Path | None, golden: dict[str, str]) -
     """The tiny run in `project`, cold, with `python_folder`'s python (if any) for STAGES."""
     update_params(project, TINY_PARAMS)
     commit(project, "tiny params")
+    # Cold: a warm server would run the stages in its own process, started outside the emulator.
     cold = ["env", "PIPELINE_WARM=0"]
     native = run(project, *cold, "dvc", "repro", *NATIVE_STAGES, timeout=3600)
     if native.returncode != 0:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.core.provenance import processor
 from tests.conftest import REPO
@@ -372,6 +373,7 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
 
     client = mlflow_client(project)
     test = np.load(project / "data/prepared/test.npz")
+    batch = yaml.safe_load((project / "params.yaml").read_text())["compress"]["throughput_batch"]
     for name in MODELS:
         report = read(project / f"reports/compress/{name}.json")
         variants = report["variants"]
@@ -399,7 +401,8 @@ def test_compress_stage_measures_every_variant_into_the_lineage(project: Path):
         for variant in supported:
             # Portable mode's accuracy: LiteRT's built-in kernels, whatever the processor.
             content = (project / f"models/compressed/{name}/{variant}.tflite").read_bytes()
-            labels = TFLiteModel(content, kernels="builtin").predict(test["x"]).argmax(axis=1)
+            builtin = TFLiteModel(content, kernels="builtin")  # in the stage's batches
+            labels = builtin.predict(test["x"], batch).argmax(axis=1)
             assert variants[variant]["accuracy_kernels"] == "builtin"
             assert variants[variant]["accuracy"] == np.mean(labels == test["y"]), variant
             assert speed["variants"][variant]["latency_ms_median"] > 0
