@@ -80,7 +80,7 @@ def accuracy(model, x, y) -> float:
 @pytest.fixture(scope="module")
 def evaluated(cnn, digits):
     int8 = TFLiteModel(to_tflite(cnn, "int8", digits["train"][0][:50]))
-    variants = {"int8": (int8.predict, cnn, "models/cnn/model.keras")}
+    variants = {"int8": (int8, cnn, "models/cnn/model.keras")}
     return evaluate_model(cnn, variants, digits["test"], tuple("0123456789"), QUICK, seed=0)
 
 

@@ -125,16 +125,17 @@ def test_each_familys_augmentation_and_adversarial_training_are_what_the_search_
         assert block.adversarial == adversarial, name
 
 
-def test_each_searched_familys_size_is_what_the_capacity_search_chose():
-    """params.yaml's layer widths are the candidates benchmarks/capacity.py chose from its measured
-    seeds (reports/benchmarks/capacity.json), and the schema's defaults are the same."""
+def test_each_familys_size_and_regularisation_are_what_the_capacity_search_chose():
+    """params.yaml's layer widths, dropout and L2 are the candidates benchmarks/capacity.py chose
+    from its measured seeds (reports/benchmarks/capacity.json), and the schema's defaults are the
+    same."""
     import json
 
     from benchmarks.capacity import choose
 
     search = json.loads((REPO / "reports/benchmarks/capacity.json").read_text())
     written = load_params(REPO / "params.yaml").train
-    assert sorted(search["models"]) == ["cnn", "fnn"]
+    assert sorted(search["models"]) == ["cnn", "fnn", "lstm"]
     for name, result in search["models"].items():
         chosen = result["chosen_params"]
         assert result["chosen"] == choose(result["candidates"])  # the rule, over what it measured

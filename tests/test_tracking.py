@@ -222,6 +222,28 @@ def test_logged_folders_keep_their_name(store: str, tmp_path: Path):
     assert [a.path for a in client.list_artifacts(run_id, "gan/samples")] == ["gan/samples/a.png"]
 
 
+def test_a_keras_model_is_logged_and_served_back_without_keras_progress_on_the_console(
+    store: str, capfd
+):
+    """MLflow checks the input example by predicting with the logged model, whose Keras
+    `predict` would print a `1/1 [====]` bar into a stage's output; Keras's own lines (the
+    console's `--verbose` mode) must still print afterwards."""
+    import numpy as np
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.layers.Input((3,)), keras.layers.Dense(2)])
+    example = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with tracking.lineage_run("digits", "gan", {}) as run_id:
+        uri = tracking.log_keras_model(run_id, model, example)
+    logged = capfd.readouterr()
+    assert "1/1" not in logged.out + logged.err, logged.out
+    served = mlflow.pyfunc.load_model(uri).predict(example)
+    np.testing.assert_allclose(np.asarray(served), model(example).numpy(), rtol=1e-6)
+    capfd.readouterr()
+    model.predict(example)  # Keras's default: the progress bar
+    assert "1/1" in capfd.readouterr().out
+
+
 def test_the_logged_model_names_the_tensorflow_wheel_that_is_installed():
     from importlib.metadata import version
 

@@ -178,6 +178,56 @@ def test_a_resumed_fit_reruns_the_epochs_logged_after_its_last_backup(
     assert len(history["loss"]) == 7
 
 
+class FirstEpochWeights(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == 0:
+            self.weights = self.model.get_weights()
+
+
+def test_a_resumed_fit_keeps_early_stoppings_count_and_best_weights(tmp_path):
+    """Validation labels the training labels contradict, so that validation loss is lowest after
+    the first epoch and rises after it: with patience 3, an uninterrupted fit stops after epoch
+    4 and keeps epoch 1's weights. Killed after epoch 3 (backed up after epoch 2), the resumed
+    fit must stop at the same epoch with the same weights, not restart its count."""
+    from pipeline.ml.training import Resumable
+
+    common = {**TINY["common"], "epochs": 20, "early_stopping_patience": 3}
+    fnn = {**TINY["fnn"], "dropout": 0.0, "optimizer": {"name": "adam", "learning_rate": 0.01}}
+    params = parse_params({"seed": 0, "train": {**TINY, "common": common, "fnn": fnn}})
+    x, y = synthetic_images(n_per_class=10)
+    data = make_prepared((x / 255.0).astype(np.float32)[..., None], y)
+    contradicted = (data["train"][0], (data["train"][1] + 1) % 10)
+
+    def fit(folder, callbacks: list) -> tuple[keras.Model, dict[str, list[float]]]:
+        make_deterministic(0)
+        model = build_classifier("fnn", params.train, (8, 8, 1), 10)
+        compile_classifier(model, params.train.fnn.optimizer, params.train.common)
+        resumable = Resumable(folder)
+        callbacks = [*callbacks, *resumable.callbacks()]
+        fit_classifier(model, data["train"], contradicted, params.train.common, 10, callbacks)
+        return model, resumable.history()
+
+    first = FirstEpochWeights()
+    whole, history = fit(tmp_path / "whole", [first])
+    assert int(np.argmin(history["val_loss"])) == 0 and len(history["val_loss"]) == 4
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, logs):
+        if epoch == 2:
+            raise Killed  # before the epoch's row and its backup
+
+    with pytest.raises(Killed):
+        fit(tmp_path / "killed", [keras.callbacks.LambdaCallback(on_epoch_end=kill)])
+    assert Resumable(tmp_path / "killed").finished_epochs == 2
+    resumed, resumed_history = fit(tmp_path / "killed", [])
+    assert len(resumed_history["val_loss"]) == 4  # stopped after epoch 4, as uninterrupted
+    for model in (whole, resumed):
+        for kept, best in zip(model.get_weights(), first.weights, strict=True):
+            np.testing.assert_array_equal(kept, best)  # epoch 1's: from before the kill
+
+
 AUGMENT = AugmentParams(translation=0.2, rotation=15, zoom=0.1, contrast=0.2)
 
 

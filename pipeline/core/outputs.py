@@ -292,6 +292,7 @@ class BaselineReport(Output):
 
 class VariantEvaluation(Output):
     accuracy: float
+    kernels: TFLiteKernels  # LiteRT's that ran it: the reproducibility mode's (tflite_kernels)
     corruptions: Curves
     transferred_attacks: TransferredAttacks
 

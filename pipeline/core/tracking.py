@@ -433,14 +433,34 @@ def log_keras_model(run_id: str, model: Any, input_example: Any, name: str = "mo
 
     require_active(run_id)
     signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-    info = mlflow.tensorflow.log_model(
-        model,
-        name=name,
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=model_requirements(),
-    )
+    with keras_progress_off():  # MLflow checks the example through Keras's default `predict`
+        info = mlflow.tensorflow.log_model(
+            model,
+            name=name,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=model_requirements(),
+        )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def keras_progress_off() -> Iterator[None]:
+    """Keras's progress bars and per-epoch lines go to absl's log (hidden) instead of stdout
+    inside, as they were outside afterwards."""
+    from tf_keras.utils import (
+        disable_interactive_logging,
+        enable_interactive_logging,
+        is_interactive_logging_enabled,
+    )
+
+    shown = is_interactive_logging_enabled()
+    disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if shown:
+            enable_interactive_logging()
 
 
 def log_sklearn_model(run_id: str, model: Any, input_example: Any, name: str = "model") -> str:

@@ -5,7 +5,7 @@ same corruptions and the attacks crafted on their float parent."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from pipeline.core.outputs import (
     severity_key,
 )
 from pipeline.core.params import EvaluateParams, EvaluateTargets
+
+if TYPE_CHECKING:
+    from pipeline.ml.inference import TFLiteModel
 
 Predict = Callable[[np.ndarray], np.ndarray]  # images -> class probabilities
 Sets = dict[str, dict[float, np.ndarray]]  # perturbation -> severity -> perturbed images
@@ -206,7 +209,7 @@ def sweep_indices(count: int, most: int, seed: int) -> np.ndarray:
 
 def evaluate_model(
     model: Any,
-    variants: Mapping[str, tuple[Predict, Any, str]],
+    variants: Mapping[str, tuple[TFLiteModel, Any, str]],
     test: tuple[np.ndarray, np.ndarray],
     class_names: Sequence[str],
     p: EvaluateParams,
@@ -215,8 +218,8 @@ def evaluate_model(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Everything but speed, for the float model and its variants.
 
-    `variants` maps a name to (predict, float parent, parent's file): the TFLite models have no
-    gradients, so they face the adversarial images crafted on their float parent.
+    `variants` maps a name to (LiteRT model, float parent, parent's file): the TFLite models
+    have no gradients, so they face the adversarial images crafted on their float parent.
     Returns (report, the attribution maps of the grid images)."""
     from pipeline.ml.training import make_deterministic, predict_proba
 
@@ -245,16 +248,17 @@ def evaluate_model(
     }
     crafted: dict[int, Sets] = {id(model): attacks}
     report["variants"] = {}
-    for name, (run, parent, parent_file) in variants.items():
+    for name, (tflite, parent, parent_file) in variants.items():
         if id(parent) not in crafted:
             crafted[id(parent)] = adversarial_sets(parent, xs, ys, p, seed)
         report["variants"][name] = {
-            "accuracy": accuracy(run(x), y),
-            "corruptions": accuracy_curves(run, corruptions, ys),
+            "accuracy": accuracy(tflite.predict(x), y),
+            "corruptions": accuracy_curves(tflite.predict, corruptions, ys),
             "transferred_attacks": {
                 "crafted_on": parent_file,
-                **accuracy_curves(run, crafted[id(parent)], ys),
+                **accuracy_curves(tflite.predict, crafted[id(parent)], ys),
             },
+            "kernels": tflite.kernels,  # read once run: XNNPACK may have declined the graph
         }
     chosen = explained_indices(y, p.explain_per_class, p.faithfulness_images)
     targets = targets or EvaluateTargets()

@@ -247,6 +247,9 @@ def fit_classifier(
         patience=common.early_stopping_patience,
         restore_best_weights=True,
     )
+    for callback in callbacks or []:
+        if isinstance(callback, PeriodicBackup):
+            callback.early_stopping = stop  # resumed with the weights
     batch = common.batch_size * model.distribute_strategy.num_replicas_in_sync
     shown: list[keras.callbacks.Callback] = []
     if progress is not None:
@@ -267,30 +270,71 @@ class PeriodicBackup(keras.callbacks.BackupAndRestore):
     """Keras's BackupAndRestore, backing up at the end of an epoch only once `every_s` seconds
     have passed since the last backup (0: every epoch). A backup costs ~25 ms and slows the
     epochs around it: per epoch, that is 10-15% of a small model's training time, while a kill
-    would lose at most `every_s` seconds of work this way."""
+    would lose at most `every_s` seconds of work this way.
+
+    Given an `early_stopping` callback (listed before this one, so that it has seen the epoch),
+    its counters and best weights are backed up beside the weights, and restored with them: a
+    resumed fit stops where, and keeps the weights that, the uninterrupted one would have."""
 
     clock = staticmethod(time.monotonic)
+    STOPPING_FILE = "early_stopping.npz"
 
     def __init__(self, folder: Path, every_s: float) -> None:
         super().__init__(str(folder))
         self.every_s = every_s
+        self.early_stopping: keras.callbacks.EarlyStopping | None = None
+        self.stopping_file = folder / "chief" / self.STOPPING_FILE  # the chief's backups' folder
         self._last = 0.0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)
+        super().on_train_begin(logs)  # the weights, the optimizer and the epoch
         self._last = self.clock()
+        if self.early_stopping is not None and self.stopping_file.exists():
+            restored_epoch = int(self._training_state._ckpt_saved_epoch.numpy())
+            restore_early_stopping(self.early_stopping, self.stopping_file, restored_epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.clock() - self._last >= self.every_s:
             self._backup(epoch=epoch)
+            chief = self.model.distribute_strategy.extended.should_checkpoint
+            if self.early_stopping is not None and chief:
+                save_early_stopping(self.early_stopping, self.stopping_file, epoch)
             self._last = self.clock()
+
+
+def save_early_stopping(stop: keras.callbacks.EarlyStopping, path: Path, epoch: int) -> None:
+    """`stop`'s state after `epoch` (0-based), written whole or not at all."""
+    from pipeline.core.io import atomic_path
+
+    weights = {f"weight_{i}": w for i, w in enumerate(stop.best_weights or [])}
+    with atomic_path(path) as staging, staging.open("wb") as handle:
+        np.savez(
+            handle,
+            epoch=epoch,
+            wait=stop.wait,
+            best=stop.best,
+            best_epoch=stop.best_epoch,
+            **weights,
+        )
+
+
+def restore_early_stopping(stop: keras.callbacks.EarlyStopping, path: Path, epoch: int) -> None:
+    """`stop`'s state as saved after `epoch`; a file from another epoch (a kill between the two
+    writes of a backup) is left alone, and early stopping starts afresh, as without it."""
+    with np.load(path) as saved:
+        if int(saved["epoch"]) != epoch:
+            return
+        stop.wait, stop.best = int(saved["wait"]), float(saved["best"])
+        stop.best_epoch = int(saved["best_epoch"])
+        count = sum(1 for key in saved.files if key.startswith("weight_"))
+        stop.best_weights = [saved[f"weight_{i}"] for i in range(count)] or None
 
 
 class Resumable:
     """Periodic backups (PeriodicBackup) plus an epoch log beside their folder: a fit killed
     mid-way resumes after its last backed-up epoch when rerun, and the history covers every
-    epoch, before and after the interruption. Early stopping's patience and best weights restart
-    with the resumed fit."""
+    epoch, before and after the interruption. Early stopping's counters and best weights resume
+    with it (PeriodicBackup)."""
 
     def __init__(self, folder: Path, every_s: float = 0.0) -> None:
         self.folder = folder

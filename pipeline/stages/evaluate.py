@@ -13,7 +13,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from pipeline.core.outputs import EvaluateReport, EvaluateSpeed, unmet
 from pipeline.core.params import Params, flatten
 from pipeline.core.stage import open_run, start
 from pipeline.data.prepared import Prepared, load_prepared
+
+if TYPE_CHECKING:
+    from pipeline.ml.inference import TFLiteModel
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -50,9 +53,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(summary(name, report, timed, params.evaluate.robust_epsilon))
 
 
-def load_models(name: str) -> tuple[Any, dict[str, tuple[Any, Any, str]]]:
-    """The float model, and each TFLite variant as (predict, float parent, parent's file): the
-    pruned variants' parent is the pruned Keras model, the others' the trained one."""
+def load_models(name: str) -> tuple[Any, dict[str, tuple[TFLiteModel, Any, str]]]:
+    """The float model, and each TFLite variant as (LiteRT model, float parent, parent's file):
+    the pruned variants' parent is the pruned Keras model, the others' the trained one."""
     from pipeline.ml.artifacts import load_keras
     from pipeline.ml.inference import load_tflite
 
@@ -67,14 +70,14 @@ def load_models(name: str) -> tuple[Any, dict[str, tuple[Any, Any, str]]]:
             if path.stem.startswith("pruned") and pruned is not None
             else (model, model_file)
         )
-        variants[path.stem] = (load_tflite(path).predict, parent, str(parent_file))
+        variants[path.stem] = (load_tflite(path), parent, str(parent_file))
     return model, variants
 
 
 def evaluate(
     name: str,
     model: Any,
-    variants: dict[str, tuple[Any, Any, str]],
+    variants: dict[str, tuple[TFLiteModel, Any, str]],
     prepared: Prepared,
     params: Params,
 ) -> tuple[EvaluateReport, dict[str, float], dict[str, np.ndarray]]:
