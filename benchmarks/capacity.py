@@ -10,7 +10,7 @@ params.yaml's defaults to.
     python -m benchmarks.capacity [--models fnn cnn lstm] [--seeds 42 43 44]
 
 The rule: the candidate with the highest mean test accuracy; among equals, the one with fewer
-weights.
+weights, then the first by name.
 
 Why search again: at the earlier sizes the FNN reached 0.985 trained plainly and 0.977 with the
 augmentation and FGSM defaults (reports/benchmarks/augment.json), so the sizes were searched with
@@ -91,9 +91,9 @@ def weights(name: str, params: Params, prepared: Prepared) -> int:
 def choose(results: dict[str, Any]) -> str:
     """The rule in this module's docstring, over candidate -> summary."""
     # Rounded: equal means of k/360 summed in another order may differ in their last bits.
-    return max(
-        results,
-        key=lambda c: (round(results[c]["test_accuracy"]["mean"], 9), -results[c]["weights"]),
+    return min(
+        sorted(results),
+        key=lambda c: (-round(results[c]["test_accuracy"]["mean"], 9), results[c]["weights"]),
     )
 
 

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.core.io import read_json, write_json
 from pipeline.core.params import MODEL_NAMES, load_params
 from pipeline.core.provenance import processor
@@ -64,19 +66,35 @@ def child(name: str, folder: Path, result: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*command, "--model", name], env=env, stdout=subprocess.DEVNULL)
 
 
-def killed_after(name: str, folder: Path, epochs: int) -> int:
-    """Start a training and SIGKILL it once its backup holds `epochs` epochs; return how many
-    the backup held after the kill (a backup may land between the poll and the kill)."""
-    from pipeline.ml.training import Resumable
-
+def killed_after(name: str, folder: Path, epochs: int) -> tuple[int, bool]:
+    """Start a training and SIGKILL it once its backup, early stopping's state included, holds
+    `epochs` epochs. Returns the epochs the backup held after the kill (another backup may land
+    between the poll and the kill), and whether early stopping's state is that backup's."""
     process = child(name, folder, folder.parent / "killed.json")
-    while Resumable(folder).finished_epochs < epochs:
-        if process.poll() is not None:
-            raise SystemExit(f"resume: the training ended before epoch {epochs}")
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return Resumable(folder).finished_epochs
+    try:
+        while saved_epoch(folder) < epochs - 1:
+            if process.poll() is not None:
+                raise SystemExit(f"resume: the training ended before epoch {epochs}")
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    from pipeline.ml.training import backed_up_epochs
+
+    backed_up = backed_up_epochs(folder)
+    return backed_up, saved_epoch(folder) == backed_up - 1
+
+
+def saved_epoch(folder: Path) -> int:
+    """The 0-based epoch of early stopping's saved state, written after the weights' backup
+    (pipeline.ml.training.PeriodicBackup); -1 while there is none."""
+    from pipeline.ml.training import early_stopping_file
+
+    try:
+        with np.load(early_stopping_file(folder)) as saved:
+            return int(saved["epoch"])
+    except FileNotFoundError:
+        return -1
 
 
 def finished(name: str, folder: Path, result: Path) -> dict[str, Any]:
@@ -98,18 +116,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         whole = finished(args.model, root / "whole", root / "whole.json")
-        backed_up = killed_after(args.model, root / "killed", args.kill_after)
+        backed_up, stopping_saved = killed_after(args.model, root / "killed", args.kill_after)
         resumed = finished(args.model, root / "killed", root / "resumed.json")
     report = {
         "machine": {**processor(), "python": platform.python_version()},
         "model": args.model,
         "killed_after_backup_of_epoch": backed_up,
+        "early_stopping_state_backed_up": stopping_saved,
         "uninterrupted": whole,
         "resumed": resumed,
         "identical_weights": whole["weights_sha256"] == resumed["weights_sha256"],
     }
     print(f"{args.model}, killed after the backup of epoch {backed_up}, then resumed:")
-    print("| run | epochs trained | best epoch | test accuracy | seconds |")
+    print("| run | epochs trained | best epoch | test accuracy | seconds of the process |")
     print("|---|---|---|---|---|")
     for run in ("uninterrupted", "resumed"):
         r = report[run]

@@ -79,7 +79,7 @@ def accuracy(model, x, y) -> float:
 
 @pytest.fixture(scope="module")
 def evaluated(cnn, digits):
-    int8 = TFLiteModel(to_tflite(cnn, "int8", digits["train"][0][:50]))
+    int8 = TFLiteModel(to_tflite(cnn, "int8", digits["train"][0][:50]), kernels="xnnpack")
     variants = {"int8": (int8, cnn, "models/cnn/model.keras")}
     return evaluate_model(cnn, variants, digits["test"], tuple("0123456789"), QUICK, seed=0)
 
@@ -111,6 +111,7 @@ def test_robustness_curves(evaluated, cnn, digits):
     assert adversarial["robust_accuracy"] == pytest.approx(accuracy(cnn, attacked, y))
     assert set(report["corruptions"]) == {"gaussian_noise", "occlusion", "shift", "rotation"}
     variant = report["variants"]["int8"]
+    assert variant["kernels"] == "xnnpack"  # XNNPACK prepares this int8 CNN: no fallback
     assert variant["transferred_attacks"]["crafted_on"] == "models/cnn/model.keras"
     # Attacks crafted on the float parent transfer: the int8 model loses accuracy too.
     assert variant["transferred_attacks"]["pgd"]["0.1"] < variant["accuracy"] - 0.05

@@ -228,6 +228,27 @@ def test_a_resumed_fit_keeps_early_stoppings_count_and_best_weights(tmp_path):
             np.testing.assert_array_equal(kept, best)  # epoch 1's: from before the kill
 
 
+def test_early_stoppings_state_from_another_epochs_backup_is_left_alone(tmp_path):
+    """A kill between a backup's weights and early stopping's state leaves the state of an
+    earlier epoch: it must not be restored onto the later weights."""
+    from pipeline.ml.training import restore_early_stopping, save_early_stopping
+
+    saved = keras.callbacks.EarlyStopping(restore_best_weights=True)
+    saved.wait, saved.best, saved.best_epoch = 2, 0.25, 3
+    saved.best_weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
+    path = tmp_path / "early_stopping.npz"
+    save_early_stopping(saved, path, epoch=5)
+
+    fresh = keras.callbacks.EarlyStopping(restore_best_weights=True)
+    fresh.wait, fresh.best, fresh.best_epoch, fresh.best_weights = 0, np.inf, 0, None
+    assert not restore_early_stopping(fresh, path, epoch=6)
+    assert (fresh.wait, fresh.best, fresh.best_epoch, fresh.best_weights) == (0, np.inf, 0, None)
+    assert restore_early_stopping(fresh, path, epoch=5)
+    assert (fresh.wait, fresh.best, fresh.best_epoch) == (2, 0.25, 3)
+    for restored, original in zip(fresh.best_weights, saved.best_weights, strict=True):
+        np.testing.assert_array_equal(restored, original)
+
+
 AUGMENT = AugmentParams(translation=0.2, rotation=15, zoom=0.1, contrast=0.2)
 
 

@@ -266,39 +266,55 @@ def fit_classifier(
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
+def backed_up_epochs(folder: Path) -> int:
+    """Epochs the latest backup in `folder` holds (Keras stores the epoch in progress beside the
+    weights, in the chief's folder); 0 without one."""
+    latest = tf.train.latest_checkpoint(str(folder / "chief"))
+    if latest is None:
+        return 0
+    reader = tf.train.load_checkpoint(latest)
+    return int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+
+
+def early_stopping_file(folder: Path) -> Path:
+    """Early stopping's state beside the chief's backup, which Keras removes after a fit."""
+    return folder / "chief" / "early_stopping.npz"
+
+
 class PeriodicBackup(keras.callbacks.BackupAndRestore):
     """Keras's BackupAndRestore, backing up at the end of an epoch only once `every_s` seconds
-    have passed since the last backup (0: every epoch). A backup costs ~25 ms and slows the
-    epochs around it: per epoch, that is 10-15% of a small model's training time, while a kill
-    would lose at most `every_s` seconds of work this way.
+    have passed since the last backup (0: every epoch). A backup costs tens of milliseconds and
+    slows the epochs around it: per epoch, that is 10-15% of a small model's training time,
+    while a kill would lose at most `every_s` seconds of work this way.
 
     Given an `early_stopping` callback (listed before this one, so that it has seen the epoch),
-    its counters and best weights are backed up beside the weights, and restored with them: a
-    resumed fit stops where, and keeps the weights that, the uninterrupted one would have."""
+    its counters and best weights are backed up after the weights, and restored with them: a
+    resumed fit counts its patience from the same best epoch, and keeps the same best weights,
+    as an uninterrupted one. The random draws of the epochs after the backup are not restored."""
 
     clock = staticmethod(time.monotonic)
-    STOPPING_FILE = "early_stopping.npz"
 
     def __init__(self, folder: Path, every_s: float) -> None:
         super().__init__(str(folder))
+        self.folder = folder
         self.every_s = every_s
         self.early_stopping: keras.callbacks.EarlyStopping | None = None
-        self.stopping_file = folder / "chief" / self.STOPPING_FILE  # the chief's backups' folder
         self._last = 0.0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)  # the weights, the optimizer and the epoch
         self._last = self.clock()
-        if self.early_stopping is not None and self.stopping_file.exists():
-            restored_epoch = int(self._training_state._ckpt_saved_epoch.numpy())
-            restore_early_stopping(self.early_stopping, self.stopping_file, restored_epoch)
+        state = early_stopping_file(self.folder)
+        if self.early_stopping is not None and state.exists():
+            epoch = backed_up_epochs(self.folder) - 1  # -1: no backup, never a saved epoch
+            restore_early_stopping(self.early_stopping, state, epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.clock() - self._last >= self.every_s:
             self._backup(epoch=epoch)
             chief = self.model.distribute_strategy.extended.should_checkpoint
             if self.early_stopping is not None and chief:
-                save_early_stopping(self.early_stopping, self.stopping_file, epoch)
+                save_early_stopping(self.early_stopping, early_stopping_file(self.folder), epoch)
             self._last = self.clock()
 
 
@@ -318,16 +334,17 @@ def save_early_stopping(stop: keras.callbacks.EarlyStopping, path: Path, epoch: 
         )
 
 
-def restore_early_stopping(stop: keras.callbacks.EarlyStopping, path: Path, epoch: int) -> None:
-    """`stop`'s state as saved after `epoch`; a file from another epoch (a kill between the two
-    writes of a backup) is left alone, and early stopping starts afresh, as without it."""
+def restore_early_stopping(stop: keras.callbacks.EarlyStopping, path: Path, epoch: int) -> bool:
+    """`stop`'s state as saved after `epoch`; whether it was. A file from another epoch (a kill
+    between the two writes of a backup) is left alone, and early stopping starts afresh."""
     with np.load(path) as saved:
         if int(saved["epoch"]) != epoch:
-            return
+            return False
         stop.wait, stop.best = int(saved["wait"]), float(saved["best"])
         stop.best_epoch = int(saved["best_epoch"])
         count = sum(1 for key in saved.files if key.startswith("weight_"))
         stop.best_weights = [saved[f"weight_{i}"] for i in range(count)] or None
+    return True
 
 
 class Resumable:
@@ -345,13 +362,8 @@ class Resumable:
 
     @property
     def finished_epochs(self) -> int:
-        """Epochs the latest backup holds: the fit resumes after them. Read from the backup
-        itself (Keras stores the epoch in progress beside the weights)."""
-        latest = tf.train.latest_checkpoint(str(self.folder / "chief"))
-        if latest is None:
-            return 0
-        reader = tf.train.load_checkpoint(latest)
-        return int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
+        """Epochs the latest backup holds: the fit resumes after them."""
+        return backed_up_epochs(self.folder)
 
     def callbacks(self, log: bool = True) -> list[keras.callbacks.Callback]:
         """`log=False` for a multi-worker cluster's other workers: every worker backs up and
