@@ -82,7 +82,7 @@ lint: setup
 # 5×5 CNN kernels, more dropout, and shifted and rotated training batches, resampled bilinearly:
 # its figures were measured so, and nearest resampling was chosen on the 8-pixel digits only.
 MNIST_5K := -S data.source=mnist_5k \
-	-S 'train.fnn.hidden_units=[512,256]' -S train.fnn.dropout=0.3 -S train.fnn.l2=0 \
+	-S 'train.fnn.hidden_units=[512,256]' -S train.fnn.dropout=0.3 \
 	-S train.fnn.augment.translation=0.08 -S train.fnn.augment.rotation=8 \
 	-S train.cnn.kernel_size=5 -S train.cnn.dropout=0.4 \
 	-S train.cnn.augment.translation=0.1 -S train.cnn.augment.rotation=10 -S train.cnn.augment.zoom=0.1 \

@@ -131,14 +131,17 @@ def test_each_familys_size_and_regularisation_are_what_the_capacity_search_chose
     same."""
     import json
 
-    from benchmarks.capacity import choose
+    from benchmarks.capacity import REJECTED, choose
 
     search = json.loads((REPO / "reports/benchmarks/capacity.json").read_text())
     written = load_params(REPO / "params.yaml").train
     assert sorted(search["models"]) == ["cnn", "fnn", "lstm"]
     for name, result in search["models"].items():
         chosen = result["chosen_params"]
-        assert result["chosen"] == choose(result["candidates"])  # the rule, over what it measured
+        assert result["rejected"] == REJECTED.get(name, {})
+        assert set(result["rejected"]) <= set(result["candidates"]), name  # no misspelt name
+        # the rule, over what it measured and what it keeps
+        assert result["chosen"] == choose(result["candidates"], REJECTED.get(name, {}))
         assert chosen == result["candidates"][result["chosen"]]["params"]
         assert written.model(name).model_dump(include=set(chosen)) == chosen, name
         assert Params().train.model(name).model_dump(include=set(chosen)) == chosen, name

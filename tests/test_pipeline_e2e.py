@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 MODELS = ("fnn", "cnn", "lstm")
 # The tiny run's test accuracies, as measured in portable mode (the golden weights): bounds sit
 # 0.05 (18 of 360 images) below them, so a regression fails without a machine's rounding doing so.
-TINY_TEST_ACCURACY = {"fnn": 0.7389, "cnn": 0.4694, "lstm": 0.7306}
+TINY_TEST_ACCURACY = {"fnn": 0.7333, "cnn": 0.4694, "lstm": 0.7306}
 ACCURACY_MARGIN = 0.05
 
 

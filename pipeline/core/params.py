@@ -147,7 +147,6 @@ class FNNParams(LayerParams):
     # Each family's widths, dropout and L2 as benchmarks/capacity.py chose them
     # (reports/benchmarks/capacity.json).
     hidden_units: list[Units] = Field(default_factory=lambda: [1024, 512], min_length=1)
-    l2: float = Field(0.0001, ge=0, le=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     adversarial: AdversarialParams = FGSM_TRAINING
     augment: AugmentParams = NEAREST_SHIFT_AND_ROTATION
@@ -170,7 +169,7 @@ class LSTMParams(LayerParams):
     bidirectional: bool = False
     # Unrolled LSTMs convert to builtin TFLite ops; the sequence (image height) is short.
     unroll: bool = True
-    dense_units: list[Units] = Field(default_factory=lambda: [256])
+    dense_units: list[Units] = Field(default_factory=lambda: [128])
     activation: Activation = "tanh"  # of the dense head; the LSTM cells keep their own
     initializer: Initializer = "glorot_uniform"
     dropout: float = Field(0.2, ge=0, lt=1)
