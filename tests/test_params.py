@@ -131,15 +131,16 @@ def test_each_familys_size_and_regularisation_are_what_the_capacity_search_chose
     same."""
     import json
 
-    from benchmarks.capacity import REJECTED, choose
+    from benchmarks.capacity import CANDIDATES, REJECTED, choose
 
     search = json.loads((REPO / "reports/benchmarks/capacity.json").read_text())
     written = load_params(REPO / "params.yaml").train
     assert sorted(search["models"]) == ["cnn", "fnn", "lstm"]
+    for name, rejected in REJECTED.items():  # no misspelt family or candidate
+        assert set(rejected) <= set(CANDIDATES[name]), name
     for name, result in search["models"].items():
         chosen = result["chosen_params"]
         assert result["rejected"] == REJECTED.get(name, {})
-        assert set(result["rejected"]) <= set(result["candidates"]), name  # no misspelt name
         # the rule, over what it measured and what it keeps
         assert result["chosen"] == choose(result["candidates"], REJECTED.get(name, {}))
         assert chosen == result["candidates"][result["chosen"]]["params"]
