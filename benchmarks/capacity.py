@@ -46,31 +46,32 @@ OUTPUT = Path("reports/benchmarks/capacity.json")
 SEEDS = (42, 43, 44)
 # Each candidate replaces these parts of the family's params block; the rest stays params.yaml's.
 # Every candidate of a family names the same keys, so that the chosen one pins all of them.
-FNN_REGULARISED = {"hidden_units": [1024, 512], "dropout": 0.2, "l2": 0.0}
-CNN_REGULARISED = {"filters": [32, 64], "dense_units": [256], "dropout": 0.25, "l2": 0.0}
-LSTM_REGULARISED = {"units": [256], "dense_units": [128], "dropout": 0.2, "l2": 0.0}
+# Each family's base: the size chosen before this search, with params.yaml's regularisation.
+FNN_BASE = {"hidden_units": [1024, 512], "dropout": 0.2, "l2": 0.0}
+CNN_BASE = {"filters": [32, 64], "dense_units": [256], "dropout": 0.25, "l2": 0.0}
+LSTM_BASE = {"units": [256], "dense_units": [128], "dropout": 0.2, "l2": 0.0}
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "fnn": {
-        "256-128": {**FNN_REGULARISED, "hidden_units": [256, 128]},
-        "512-256": {**FNN_REGULARISED, "hidden_units": [512, 256]},
-        "512-512-256": {**FNN_REGULARISED, "hidden_units": [512, 512, 256]},
-        "1024-512": FNN_REGULARISED,
-        "1024-512, dropout 0.4": {**FNN_REGULARISED, "dropout": 0.4},
-        "1024-512, L2 1e-4": {**FNN_REGULARISED, "l2": 0.0001},
+        "256-128": {**FNN_BASE, "hidden_units": [256, 128]},
+        "512-256": {**FNN_BASE, "hidden_units": [512, 256]},
+        "512-512-256": {**FNN_BASE, "hidden_units": [512, 512, 256]},
+        "1024-512": FNN_BASE,
+        "1024-512, dropout 0.4": {**FNN_BASE, "dropout": 0.4},
+        "1024-512, L2 1e-4": {**FNN_BASE, "l2": 0.0001},
     },
     "cnn": {
-        "32-64, dense 128": {**CNN_REGULARISED, "dense_units": [128]},
-        "32-64, dense 256": CNN_REGULARISED,
-        "32-64, dense 512": {**CNN_REGULARISED, "dense_units": [512]},
-        "64-128, dense 128": {**CNN_REGULARISED, "filters": [64, 128], "dense_units": [128]},
-        "32-64, dense 256, dropout 0.4": {**CNN_REGULARISED, "dropout": 0.4},
-        "32-64, dense 256, L2 1e-4": {**CNN_REGULARISED, "l2": 0.0001},
+        "32-64, dense 128": {**CNN_BASE, "dense_units": [128]},
+        "32-64, dense 256": CNN_BASE,
+        "32-64, dense 512": {**CNN_BASE, "dense_units": [512]},
+        "64-128, dense 128": {**CNN_BASE, "filters": [64, 128], "dense_units": [128]},
+        "32-64, dense 256, dropout 0.4": {**CNN_BASE, "dropout": 0.4},
+        "32-64, dense 256, L2 1e-4": {**CNN_BASE, "l2": 0.0001},
     },
     "lstm": {
-        "128, dense 128": {**LSTM_REGULARISED, "units": [128]},
-        "256, dense 128": LSTM_REGULARISED,
-        "256, dense 256": {**LSTM_REGULARISED, "dense_units": [256]},
-        "256, dense 128, dropout 0.4": {**LSTM_REGULARISED, "dropout": 0.4},
+        "128, dense 128": {**LSTM_BASE, "units": [128]},
+        "256, dense 128": LSTM_BASE,
+        "256, dense 256": {**LSTM_BASE, "dense_units": [256]},
+        "256, dense 128, dropout 0.4": {**LSTM_BASE, "dropout": 0.4},
     },
 }
 
